@@ -1,0 +1,71 @@
+// Package engine is Sluice's durable event log: payloads in append-only
+// segment files, everything else in a Pebble index.
+//
+// # Write path
+//
+// Append validates a batch, queues it, and waits. One committer goroutine
+// takes every queued batch (up to GroupBytesMax) as a group: it drops
+// duplicates (dedup.go), assigns consecutive sequence numbers, encodes the
+// frames into one buffer, writes it to the active segment, fsyncs once, then
+// commits the group's dedup keys to the index, publishes the new high-water
+// mark and wakes the callers. Concurrent callers share that fsync (group
+// commit). Readers never read past the high-water mark, so they never see a
+// hole that later fills.
+//
+// A write, sync or index failure marks the engine broken: the failed group
+// is not acknowledged, and the next Append first seals the active segment at
+// its last durable size (bytes past it are ignored forever) and starts a new
+// one. Until that works (the disk has room again) Append returns
+// ErrUnavailable; the process never exits for it.
+//
+// # On disk
+//
+//	Dir/
+//	  log/0000000001.seg   segment files (segment.go: header; record.go: frames)
+//	  log/0000000002.seg
+//	  index/               Pebble (keys.go: key layout)
+//
+// A segment frame:
+//
+//	+----------+----------+----------+--------------------------------+
+//	| len u32  | crc u32  | seq u64  | body (len bytes)               |
+//	+----------+----------+----------+--------------------------------+
+//	crc = CRC-32C(seq || body), little-endian integers.
+//	body = receivedAt i64 | type | source | messageId | key | payload
+//	(the four fields each uvarint-length-prefixed; payload is the rest)
+//
+// The index holds the segment manifest, consumers and their cursors,
+// exception entries (failed, skipped, aborted) with their secondary indexes
+// (due time, ordering key), barriers, straggler copies, the dedup keys and
+// the dedup checkpoint. Integers in keys are big-endian. The format version
+// (1) is stored in the index under 0x01 'v' and in every segment header;
+// every layout marked "frozen" changes only with a new version.
+//
+// # Consumers and the three queues
+//
+// Each destination is a Consumer with a durable cursor: every event below it
+// is settled. Success costs no write of its own: it is implied by the cursor.
+// Only exceptions get entries: failed (due time, attempts, first failure),
+// skipped (behind a key's barrier), aborted (reason, last status, capped
+// response; the dead letters). A Txn commits a cursor advance with the
+// entries it creates and the barriers it moves, atomically; every transition
+// is checked against the table in state.go.
+//
+// # Reclaiming space
+//
+// A sealed segment is deleted whole once every cursor is past it. Entries
+// that still need one of its events (stragglers) first get a copy of the
+// frame in the index, in the same synced batch that drops the segment from
+// the manifest.
+//
+// # Recovery
+//
+// Open removes segment files the manifest does not name, scans the active
+// segment frame by frame and cuts it at the first bad frame (a torn tail,
+// beyond the last acknowledged record because acknowledgement follows
+// fsync), replays the log past the dedup checkpoint into the dedup index,
+// and loads cursors and entry counts from the index alone. It always starts
+// a fresh active segment. Corruption inside a sealed segment is found when
+// it is read: the rest of that segment is reported (Stats.LostRecords and an
+// error log line) and skipped.
+package engine

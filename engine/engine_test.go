@@ -1,0 +1,224 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// testOptions returns small-segment options on an in-memory crashable FS.
+func testOptions(fs vfs.FS) Options {
+	return Options{
+		Dir:                "/data",
+		FS:                 fs,
+		Logger:             slog.New(slog.NewTextHandler(io.Discard, nil)),
+		SegmentBytesMax:    16 << 10,
+		ReclaimInterval:    -1,
+		DedupFilterBytes:   64 << 10,
+		IndexCacheBytes:    1 << 20,
+		IndexMemTableBytes: 1 << 20,
+	}
+}
+
+func openTest(t testing.TB, fs vfs.FS) *Engine {
+	t.Helper()
+	e, err := Open(testOptions(fs))
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	return e
+}
+
+func rec(user string, i int) Record {
+	return Record{
+		ReceivedAt: time.Now().UnixNano(),
+		Source:     []byte("web"),
+		Type:       []byte("track"),
+		MessageID:  fmt.Appendf(nil, "m-%s-%d", user, i),
+		Key:        []byte(user),
+		Payload:    fmt.Appendf(nil, `{"type":"track","userId":%q,"i":%d}`, user, i),
+	}
+}
+
+func appendN(t testing.TB, e *Engine, user string, from, n int) {
+	t.Helper()
+	recs := make([]Record, n)
+	for i := range recs {
+		recs[i] = rec(user, from+i)
+	}
+	if _, err := e.Append(context.Background(), recs); err != nil {
+		t.Fatalf("append: %v", err)
+	}
+}
+
+func readAll(t testing.TB, e *Engine, from uint64) []Record {
+	t.Helper()
+	r, err := e.NewReader(from, 0)
+	if err != nil {
+		t.Fatalf("reader: %v", err)
+	}
+	defer r.Close()
+	var out []Record
+	var batch []Record
+	for {
+		batch, err = r.Next(batch[:0], 100)
+		if err != nil {
+			t.Fatalf("next: %v", err)
+		}
+		if len(batch) == 0 {
+			return out
+		}
+		for _, x := range batch {
+			x.Payload = append([]byte(nil), x.Payload...)
+			x.MessageID = append([]byte(nil), x.MessageID...)
+			x.Key = append([]byte(nil), x.Key...)
+			x.Source, x.Type = nil, nil
+			out = append(out, x)
+		}
+	}
+}
+
+func TestAppendReadAcrossSegments(t *testing.T) {
+	fs := vfs.NewMem()
+	e := openTest(t, fs)
+	defer e.Close()
+	for i := 0; i < 50; i++ {
+		appendN(t, e, "u1", i*20, 20)
+	}
+	got := readAll(t, e, 1)
+	if len(got) != 1000 {
+		t.Fatalf("read %d records, want 1000", len(got))
+	}
+	for i, r := range got {
+		if r.Seq != uint64(i+1) {
+			t.Fatalf("record %d has seq %d", i, r.Seq)
+		}
+		if want := fmt.Sprintf(`{"type":"track","userId":"u1","i":%d}`, i); string(r.Payload) != want {
+			t.Fatalf("record %d payload %s, want %s", i, r.Payload, want)
+		}
+	}
+	if st := e.Stats(); st.Segments < 3 {
+		t.Fatalf("expected several segments, got %d", st.Segments)
+	}
+	// Random access by position.
+	x, err := e.Read(got[777].Seq, got[777].Pos)
+	if err != nil || string(x.Payload) != string(got[777].Payload) {
+		t.Fatalf("read by pos: %v %s", err, x.Payload)
+	}
+	// From the middle, with and without a hint.
+	if mid := readAll(t, e, 500); len(mid) != 501 || mid[0].Seq != 500 {
+		t.Fatalf("read from 500: %d records, first %d", len(mid), mid[0].Seq)
+	}
+	r, _ := e.NewReader(600, got[599].Pos)
+	b, err := r.Next(nil, 1)
+	if err != nil || len(b) != 1 || b[0].Seq != 600 {
+		t.Fatalf("hinted reader: %v %v", err, b)
+	}
+	r.Close()
+}
+
+func TestDedup(t *testing.T) {
+	fs := vfs.NewMem()
+	e := openTest(t, fs)
+	recs := []Record{rec("a", 1), rec("a", 2), rec("a", 1)}
+	res, err := e.Append(context.Background(), recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Stored != 2 || res.Duplicates != 1 || recs[2].Seq != 0 {
+		t.Fatalf("within batch: %+v seqs %d %d %d", res, recs[0].Seq, recs[1].Seq, recs[2].Seq)
+	}
+	res, _ = e.Append(context.Background(), []Record{rec("a", 2), rec("a", 3)})
+	if res.Stored != 1 || res.Duplicates != 1 {
+		t.Fatalf("across batches: %+v", res)
+	}
+	// Same messageId from another source is not a duplicate.
+	other := rec("a", 1)
+	other.Source = []byte("ios")
+	if res, _ = e.Append(context.Background(), []Record{other}); res.Stored != 1 {
+		t.Fatalf("other source: %+v", res)
+	}
+	e.Close()
+	e = openTest(t, fs)
+	defer e.Close()
+	if res, _ = e.Append(context.Background(), []Record{rec("a", 3), rec("a", 4)}); res.Stored != 1 || res.Duplicates != 1 {
+		t.Fatalf("after reopen: %+v", res)
+	}
+}
+
+func TestConsumerTransitions(t *testing.T) {
+	fs := vfs.NewMem()
+	e := openTest(t, fs)
+	defer e.Close()
+	c, err := e.Consumer("hook")
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, e, "u", 0, 10)
+	recs := readAll(t, e, 1)
+	tx := c.Begin()
+	tx.Put(Entry{Seq: 2, Pos: recs[1].Pos, State: StateFailed, Key: []byte("u"), DueAt: 100, Attempts: 1})
+	tx.Put(Entry{Seq: 3, Pos: recs[2].Pos, State: StateSkipped, Key: []byte("u")})
+	tx.SetBarrier([]byte("u"), 2)
+	tx.Advance(5, recs[4].Pos)
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if due, _ := c.Due(99, 10); len(due) != 0 {
+		t.Fatalf("due too early: %v", due)
+	}
+	due, _ := c.Due(100, 10)
+	if len(due) != 1 || due[0].Seq != 2 {
+		t.Fatalf("due: %+v", due)
+	}
+	ke, _ := c.KeyEntries([]byte("u"), 10)
+	if len(ke) != 2 || ke[0].Seq != 2 || ke[1].Seq != 3 {
+		t.Fatalf("key entries: %+v", ke)
+	}
+	// Illegal: entry for an event already passed without one.
+	tx = c.Begin()
+	tx.Put(Entry{Seq: 1, State: StateFailed})
+	if err := tx.Commit(); !errors.Is(err, ErrIllegalTransition) {
+		t.Fatalf("want illegal transition, got %v", err)
+	}
+	// Illegal: entry past the cursor.
+	tx = c.Begin()
+	tx.Put(Entry{Seq: 7, State: StateFailed})
+	if err := tx.Commit(); !errors.Is(err, ErrIllegalTransition) {
+		t.Fatalf("want illegal transition past cursor, got %v", err)
+	}
+	// Failed -> aborted, skipped -> succeeded, barrier lifted.
+	tx = c.Begin()
+	tx.Put(Entry{Seq: 2, Pos: recs[1].Pos, State: StateAborted, Key: []byte("u"), Reason: "poison", LastStatus: 400})
+	tx.Succeed(3)
+	tx.ClearBarrier([]byte("u"))
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Count(StateAborted) != 1 || c.Count(StateFailed) != 0 || c.Count(StateSkipped) != 0 {
+		t.Fatalf("counts %d %d %d", c.Count(StateAborted), c.Count(StateFailed), c.Count(StateSkipped))
+	}
+	ab, _ := c.Aborted(0, 10, nil)
+	if len(ab) != 1 || ab[0].Reason != "poison" {
+		t.Fatalf("aborted: %+v", ab)
+	}
+	if n, err := c.Replay(5, nil); n != 1 || err != nil {
+		t.Fatalf("replay: %d %v", n, err)
+	}
+	en, _ := c.Entry(2)
+	if en.State != StateFailed || en.Flags&EntryReplayed == 0 || en.DueAt != 5 {
+		t.Fatalf("replayed entry: %+v", en)
+	}
+	// Settling twice is illegal.
+	tx = c.Begin()
+	tx.Succeed(3)
+	if err := tx.Commit(); !errors.Is(err, ErrIllegalTransition) {
+		t.Fatalf("want illegal, got %v", err)
+	}
+}

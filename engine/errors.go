@@ -1,0 +1,28 @@
+package engine
+
+import "errors"
+
+// Sentinel errors. Callers match them with errors.Is; the engine wraps them
+// with context ("cannot append: ...").
+var (
+	// ErrDiskBudget: the configured disk budget is used up. Nothing was
+	// written. Ingest answers 503 with Retry-After.
+	ErrDiskBudget = errors.New("disk budget exhausted")
+	// ErrBacklogFull: the slowest consumer is too far behind. Nothing was
+	// written. Ingest answers 429 with Retry-After.
+	ErrBacklogFull = errors.New("backlog limit reached")
+	// ErrUnavailable: a write or sync failed (ENOSPC, EIO). Nothing of the
+	// failed batch is acknowledged; the engine retries recovery on the next
+	// call and works again once the disk does.
+	ErrUnavailable = errors.New("storage unavailable")
+	// ErrClosed: the engine is closed.
+	ErrClosed = errors.New("engine closed")
+	// ErrInvalidRecord: a record violates a size limit.
+	ErrInvalidRecord = errors.New("invalid record")
+	// ErrCorrupt: stored bytes failed their checksum or framing checks.
+	ErrCorrupt = errors.New("corrupt data")
+	// ErrNotFound: no such record, entry or consumer.
+	ErrNotFound = errors.New("not found")
+	// ErrIllegalTransition: a state transition outside the table in state.go.
+	ErrIllegalTransition = errors.New("illegal state transition")
+)

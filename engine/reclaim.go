@@ -1,0 +1,144 @@
+package engine
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Reclaim deletes sealed segments that every consumer has passed. Entries
+// that still need an event of such a segment (failed, skipped, aborted:
+// stragglers) get a copy of its frame in the index first, so one stuck user
+// cannot pin the disk. The manifest change and the copies commit in one
+// synced batch before the file is removed. It returns how many segments it
+// deleted.
+func (e *Engine) Reclaim() (int, error) {
+	e.idxMu.Lock()
+	defer e.idxMu.Unlock()
+	minCursor := e.hwm.Load() + 1
+	consumers := e.Consumers()
+	for _, c := range consumers {
+		minCursor = min(minCursor, c.cursor.Load())
+	}
+	if err := e.cutConsumedActive(minCursor); err != nil {
+		return 0, err
+	}
+	e.segMu.RLock()
+	segs := slices.Clone(e.segments)
+	e.segMu.RUnlock()
+	deleted := 0
+	for _, s := range segs[:max(len(segs)-1, 0)] { // never the active one
+		if !s.sealed.Load() || s.lastSeq.Load() >= minCursor {
+			break
+		}
+		if err := e.deleteSegment(s, consumers); err != nil {
+			e.refreshDiskUsage()
+			return deleted, err
+		}
+		deleted++
+	}
+	if deleted > 0 {
+		if err := syncDir(e.fs, e.logDir); err != nil {
+			e.log.Warn("cannot sync log directory after reclaim", "err", err)
+		}
+	}
+	e.refreshDiskUsage()
+	return deleted, nil
+}
+
+// cutConsumedActive seals the active segment when every consumer has passed
+// all of it and it is big enough to be worth freeing.
+func (e *Engine) cutConsumedActive(minCursor uint64) error {
+	e.writeMu.Lock()
+	defer e.writeMu.Unlock()
+	a := e.active
+	if a == nil || e.file == nil || a.records() == 0 || a.lastSeq.Load() >= minCursor || a.size.Load() < e.opts.ReclaimActiveMinBytes {
+		return nil
+	}
+	if err := e.rotateLocked(); err != nil {
+		return fmt.Errorf("cannot cut consumed active segment: %w", err)
+	}
+	return nil
+}
+
+func (e *Engine) deleteSegment(s *segment, consumers []*Consumer) error {
+	b := e.db.NewBatch()
+	defer b.Close()
+	first, last := s.baseSeq, s.lastSeq.Load()
+	moved := make(map[uint64]bool)
+	for _, c := range consumers {
+		for _, p := range []byte{prefixEntry, prefixAborted} {
+			var ferr error
+			err := e.scanEntries(p, c.id, first, func(en Entry) bool {
+				if en.Seq > last {
+					return false
+				}
+				if moved[en.Seq] {
+					return true
+				}
+				_, frame, err := e.readRawFrame(s, en.Pos.Offset())
+				if err != nil {
+					ferr = fmt.Errorf("cannot move straggler %d out of segment %d: %w", en.Seq, s.id, err)
+					return false
+				}
+				b.Set(stragglerKey(en.Seq), frame, nil)
+				moved[en.Seq] = true
+				return true
+			})
+			if err == nil {
+				err = ferr
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	b.Delete(segmentKey(s.id), nil)
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("cannot drop segment %d from manifest: %w", s.id, err)
+	}
+	e.segMu.Lock()
+	e.segments = slices.DeleteFunc(e.segments, func(x *segment) bool { return x == s })
+	e.segMu.Unlock()
+	e.stats.stragglersMoved.Add(uint64(len(moved)))
+	e.stats.segmentsDeleted.Add(1)
+	if err := e.fs.Remove(e.fs.PathJoin(e.logDir, segmentFileName(s.id))); err != nil {
+		// The manifest no longer names it; Open removes it as a stray.
+		e.log.Warn("cannot remove reclaimed segment file", "segment", s.id, "err", err)
+	}
+	return nil
+}
+
+// dropStragglerIfUnused deletes the straggler copy of prev's event when its
+// segment is gone and no other consumer has an entry for it. Called under
+// idxMu with the batch that deletes prev.
+func (e *Engine) dropStragglerIfUnused(b *pebble.Batch, cid uint32, prev Entry) error {
+	e.segMu.RLock()
+	live := findSegment(e.segments, prev.Pos.Segment()) != nil
+	e.segMu.RUnlock()
+	if live {
+		return nil
+	}
+	for _, c := range e.Consumers() {
+		if c.id == cid {
+			continue
+		}
+		if _, ok, err := e.getEntry(c.id, prev.Seq); err != nil || ok {
+			return err
+		}
+	}
+	b.Delete(stragglerKey(prev.Seq), nil)
+	return nil
+}
+
+// refreshDiskUsage recomputes segment plus index bytes for the budget check.
+func (e *Engine) refreshDiskUsage() {
+	var total int64
+	e.segMu.RLock()
+	for _, s := range e.segments {
+		total += s.size.Load()
+	}
+	e.segMu.RUnlock()
+	e.diskUsage.Store(total + int64(e.db.Metrics().DiskSpaceUsage()))
+}
