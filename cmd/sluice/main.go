@@ -1,0 +1,170 @@
+// Command sluice runs the Sluice data plane.
+//
+//	sluice serve [--config FILE]   run ingest (and delivery) until SIGTERM/SIGINT
+//	sluice version                 print the version
+//
+// With no --config, serve uses examples/quickstart.yaml (looked up next to
+// the working directory and the binary).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/sluice-cdi/sluice/engine"
+	"github.com/sluice-cdi/sluice/ingest"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: sluice serve [--config FILE] | sluice version")
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serveCmd(args[1:], stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, version)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "sluice: unknown command %q\nusage: sluice serve [--config FILE] | sluice version\n", args[0])
+		return 2
+	}
+}
+
+func serveCmd(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML config file (default: examples/quickstart.yaml)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *configPath == "" {
+		*configPath = findQuickstart()
+	}
+	cfg, err := loadConfig(*configPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "sluice: %v\n", err)
+		return 2
+	}
+	log := newLogger(cfg, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := serve(ctx, cfg, log); err != nil {
+		log.Error("sluice stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// findQuickstart returns the quick-start config's path: in the working
+// directory's examples/, else beside the binary's parent.
+func findQuickstart() string {
+	const rel = "examples/quickstart.yaml"
+	if _, err := os.Stat(rel); err == nil {
+		return rel
+	}
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(filepath.Dir(exe)), rel)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return rel
+}
+
+func newLogger(cfg *Config, w io.Writer) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// serve runs until ctx ends, then shuts down in order: stop accepting,
+// finish requests in flight, close the engine.
+func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	eng, err := engine.Open(engine.Options{
+		Dir:              cfg.DataDir,
+		Logger:           log.With("component", "engine"),
+		SegmentBytesMax:  cfg.Engine.SegmentBytesMax,
+		DiskBudgetBytes:  cfg.Engine.DiskBudgetBytes,
+		BacklogEventsMax: cfg.Engine.BacklogEventsMax,
+		DedupWindow:      cfg.Engine.DedupWindow,
+		DedupFilterBytes: cfg.Engine.DedupFilterBytes,
+	})
+	if err != nil {
+		return fmt.Errorf("cannot open engine: %w", err)
+	}
+	defer func() {
+		if err := eng.Close(); err != nil {
+			log.Error("cannot close engine", "err", err)
+		}
+	}()
+	for _, d := range cfg.Destinations {
+		if _, err := eng.Consumer(d.Name); err != nil {
+			return err
+		}
+	}
+	srv, err := ingest.New(ingestOptions(cfg, log), ingest.Deps{Appender: eng, Stats: eng.Stats})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w", cfg.Listen, err)
+	}
+	log.Info("sluice serving", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "sources", len(cfg.Sources), "destinations", len(cfg.Destinations), "version", version)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err := <-errc:
+		return fmt.Errorf("ingest server: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn("ingest shutdown incomplete", "err", err)
+	}
+	return nil
+}
+
+func ingestOptions(cfg *Config, log *slog.Logger) ingest.Options {
+	o := ingest.Options{
+		EventBytesMax:     cfg.Ingest.EventBytesMax,
+		RequestBytesMax:   cfg.Ingest.RequestBytesMax,
+		InFlightMax:       cfg.Ingest.InFlightMax,
+		ConnectionsMax:    cfg.Ingest.ConnectionsMax,
+		ReadTimeout:       cfg.Ingest.ReadTimeout,
+		WriteTimeout:      cfg.Ingest.WriteTimeout,
+		RetryAfter:        cfg.Ingest.RetryAfter,
+		TrustForwardedFor: cfg.Ingest.TrustForwardedFor,
+		Version:           version,
+		Logger:            log.With("component", "ingest"),
+	}
+	for _, s := range cfg.Sources {
+		o.Sources = append(o.Sources, ingest.Source{Name: s.Name, WriteKey: s.WriteKey})
+	}
+	return o
+}

@@ -1,0 +1,481 @@
+// Package ingest is Sluice's HTTP gateway: the Segment and RudderStack
+// tracking APIs on fasthttp. It authenticates write keys, validates and
+// enriches events by editing the client's JSON bytes, and answers 200 only
+// after the engine has stored every event of the request durably.
+//
+// A batch is all or nothing: one invalid event refuses the whole request
+// with 400 (or 413) naming the event, and nothing of it is stored. The SDKs
+// log and drop a batch answered with 400 rather than retrying it forever,
+// and a partly stored batch would leave the client unable to tell which of
+// its events arrived.
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-cdi/sluice/engine"
+	"github.com/sluice-cdi/sluice/ingest/internal/jsonscan"
+)
+
+// Appender stores records durably: the one thing ingest needs of the
+// engine.
+type Appender interface {
+	Append(ctx context.Context, recs []engine.Record) (engine.AppendResult, error)
+}
+
+// Deps are the gateway's collaborators.
+type Deps struct {
+	// Appender stores events. Required.
+	Appender Appender
+	// Stats, if set, feeds /health and /metrics with the engine's figures.
+	Stats func() engine.Stats
+	// Metrics are extra writers of Prometheus text for /metrics (the router).
+	Metrics []func(io.Writer)
+}
+
+// Server is the ingest gateway.
+type Server struct {
+	opts     Options
+	deps     Deps
+	log      *slog.Logger
+	keys     map[string][]byte // write key -> source name
+	srv      *fasthttp.Server
+	inFlight atomic.Int64
+	metrics  *metrics
+	states   sync.Pool
+	started  time.Time
+}
+
+// reqState is per-request scratch, pooled.
+type reqState struct {
+	b    builder
+	body []byte
+	gz   *gzip.Reader
+	ri   requestInfo
+	bc   batchContext
+	key  []byte
+	ip   []byte
+}
+
+// New returns a gateway; call Serve to start it.
+func New(opts Options, deps Deps) (*Server, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if deps.Appender == nil {
+		return nil, fmt.Errorf("ingest: an Appender is required")
+	}
+	s := &Server{opts: o, deps: deps, log: o.Logger, keys: make(map[string][]byte), metrics: newMetrics(), started: time.Now()}
+	for _, src := range o.Sources {
+		s.keys[src.WriteKey] = []byte(src.Name)
+	}
+	s.states.New = func() any { return &reqState{b: builder{maxEvent: o.EventBytesMax}} }
+	s.srv = &fasthttp.Server{
+		Handler:            s.Handle,
+		ErrorHandler:       s.handleTransportError,
+		Name:               "sluice",
+		Concurrency:        o.ConnectionsMax,
+		ReadBufferSize:     o.HeaderBytesMax,
+		ReadTimeout:        o.ReadTimeout,
+		WriteTimeout:       o.WriteTimeout,
+		IdleTimeout:        o.IdleTimeout,
+		MaxRequestBodySize: o.RequestBytesMax,
+		CloseOnShutdown:    true,
+		Logger:             fasthttpLogger{o.Logger},
+	}
+	return s, nil
+}
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting connections and waits for requests in flight to
+// finish (their appends complete) or for ctx to end.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.ShutdownWithContext(ctx) }
+
+// endpoint describes one route.
+type endpoint struct {
+	name     string
+	pathType []byte // type implied by the path, for single-event routes
+	batch    bool
+}
+
+var routes = func() map[string]endpoint {
+	m := map[string]endpoint{
+		"/v1/batch":        {name: "batch", batch: true},
+		"/v1/b":            {name: "batch", batch: true},
+		"/v1/import":       {name: "import", batch: true},
+		"/beacon/v1/batch": {name: "beacon", batch: true},
+	}
+	for _, t := range eventTypes {
+		ep := endpoint{name: string(t), pathType: t}
+		m["/v1/"+string(t)] = ep
+		m["/v1/"+string(t[:1])] = ep
+	}
+	return m
+}()
+
+// Handle is the fasthttp handler (exported for in-memory tests).
+func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	name := "other"
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("BUG: ingest handler panicked", "panic", p, "path", string(ctx.Path()))
+			s.writeError(ctx, fasthttp.StatusInternalServerError, "internal error")
+		}
+		s.metrics.request(name, ctx.Response.StatusCode(), time.Since(start))
+	}()
+	s.cors(ctx)
+	path := string(ctx.Path()) // no allocation: the compiler optimises map lookups and switches on string(bytes)
+	if ctx.IsOptions() {
+		name = "preflight"
+		ctx.SetStatusCode(fasthttp.StatusNoContent)
+		return
+	}
+	if ep, ok := routes[path]; ok {
+		name = ep.name
+		if !ctx.IsPost() {
+			s.writeError(ctx, fasthttp.StatusMethodNotAllowed, "use POST")
+			return
+		}
+		s.ingest(ctx, ep)
+		return
+	}
+	switch path {
+	case "/pixel/v1/track":
+		name = "pixel"
+		s.pixel(ctx, eventTypes[0])
+	case "/pixel/v1/page":
+		name = "pixel"
+		s.pixel(ctx, eventTypes[2])
+	case "/health":
+		name = "health"
+		s.health(ctx)
+	case "/version":
+		name = "version"
+		ctx.SetContentType("application/json")
+		fmt.Fprintf(ctx, `{"version":%q}`, s.opts.Version)
+	case "/metrics":
+		name = "metrics"
+		s.writeMetrics(ctx)
+	default:
+		s.writeError(ctx, fasthttp.StatusNotFound, "no such endpoint")
+	}
+}
+
+// ingest handles the tracking API's POST endpoints.
+func (s *Server) ingest(ctx *fasthttp.RequestCtx, ep endpoint) {
+	if n := s.inFlight.Add(1); n > int64(s.opts.InFlightMax) {
+		s.inFlight.Add(-1)
+		s.overloaded(ctx, fasthttp.StatusServiceUnavailable, "too many requests in flight")
+		return
+	}
+	defer s.inFlight.Add(-1)
+	st := s.states.Get().(*reqState)
+	defer s.states.Put(st)
+	st.b.reset()
+	body, status, msg := s.readBody(ctx, st)
+	if status != 0 {
+		s.writeError(ctx, status, msg)
+		return
+	}
+	s.metrics.bytes.Add(uint64(len(body)))
+	if status, msg := s.parse(ctx, st, body, ep); status != 0 {
+		s.writeError(ctx, status, msg)
+		return
+	}
+	s.store(ctx, st)
+}
+
+// readBody returns the request body, decompressed and with invalid UTF-8
+// repaired, or a status and message.
+func (s *Server) readBody(ctx *fasthttp.RequestCtx, st *reqState) ([]byte, int, string) {
+	body := ctx.PostBody()
+	if enc := ctx.Request.Header.ContentEncoding(); len(enc) > 0 {
+		switch {
+		case bytes.EqualFold(enc, []byte("gzip")):
+			var err error
+			st.body, err = s.gunzip(st, body)
+			if errors.Is(err, errTooLarge) {
+				s.metrics.reject("request_too_large", 1)
+				return nil, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("decompressed body exceeds %d bytes", s.opts.RequestBytesMax)
+			}
+			if err != nil {
+				s.metrics.reject("bad_gzip", 1)
+				return nil, fasthttp.StatusBadRequest, "invalid gzip body: " + err.Error()
+			}
+			body = st.body
+		case bytes.EqualFold(enc, []byte("identity")):
+		default:
+			return nil, fasthttp.StatusUnsupportedMediaType, "unsupported Content-Encoding " + string(enc)
+		}
+	}
+	if len(body) > s.opts.RequestBytesMax {
+		s.metrics.reject("request_too_large", 1)
+		return nil, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", s.opts.RequestBytesMax)
+	}
+	if !utf8.Valid(body) {
+		st.body = append(st.body[:0], bytes.ToValidUTF8(body, []byte("\uFFFD"))...)
+		body = st.body
+		s.metrics.utf8Repaired.Add(1)
+	}
+	return body, 0, ""
+}
+
+var errTooLarge = errors.New("too large")
+
+func (s *Server) gunzip(st *reqState, in []byte) ([]byte, error) {
+	var err error
+	if st.gz == nil {
+		st.gz, err = gzip.NewReader(bytes.NewReader(in))
+	} else {
+		err = st.gz.Reset(bytes.NewReader(in))
+	}
+	if err != nil {
+		return st.body[:0], err
+	}
+	out := st.body[:0]
+	limit := s.opts.RequestBytesMax
+	for {
+		if len(out) == cap(out) {
+			if len(out) > limit {
+				return out, errTooLarge
+			}
+			out = append(out, 0)[:len(out)]
+		}
+		n, err := st.gz.Read(out[len(out):cap(out)])
+		out = out[:len(out)+n]
+		if len(out) > limit {
+			return out, errTooLarge
+		}
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+	}
+}
+
+// parse authenticates the request and builds its events into st.b.
+func (s *Server) parse(ctx *fasthttp.RequestCtx, st *reqState, body []byte, ep endpoint) (int, string) {
+	st.key = s.headerOrQueryKey(ctx, st.key[:0])
+	start, end, err := jsonscan.Document(body)
+	if err != nil {
+		s.metrics.reject("invalid_json", 1)
+		return fasthttp.StatusBadRequest, err.Error()
+	}
+	if body[start] != '{' {
+		s.metrics.reject("invalid_json", 1)
+		return fasthttp.StatusBadRequest, "body must be a JSON object"
+	}
+	body = body[:end]
+	st.bc = batchContext{}
+	var batch span
+	jsonscan.Object(body, start, func(ks, ke int, esc bool, vs, ve int) error {
+		switch string(body[ks:ke]) {
+		case "writeKey":
+			if len(st.key) == 0 && body[vs] == '"' {
+				st.key = jsonscan.AppendUnquoted(st.key, body[vs:ve])
+			}
+		case "batch":
+			batch = span{vs, ve}
+		case "context":
+			if body[vs] == '{' {
+				st.bc.context = body[vs:ve]
+			}
+		case "integrations":
+			if body[vs] == '{' {
+				st.bc.integrations = body[vs:ve]
+			}
+		case "sentAt":
+			st.bc.sentAt = body[vs:ve]
+		}
+		return nil
+	})
+	src, ok := s.keys[string(st.key)]
+	if !ok {
+		s.metrics.reject("unauthorized", 1)
+		if len(st.key) == 0 {
+			return fasthttp.StatusUnauthorized, "missing write key"
+		}
+		return fasthttp.StatusUnauthorized, "unknown write key"
+	}
+	st.ip = s.clientIP(ctx, st.ip)
+	st.ri = requestInfo{source: src, ip: st.ip, receivedAt: s.opts.Now(), pathType: ep.pathType}
+	if !ep.batch {
+		return s.addOrReject(st, body, start, end, -1, nil)
+	}
+	if !batch.ok() || body[batch.s] != '[' {
+		s.metrics.reject("invalid_batch", 1)
+		return fasthttp.StatusBadRequest, `body must carry a "batch" array`
+	}
+	i := 0
+	var status int
+	var msg string
+	jsonscan.Array(body, batch.s, func(es, ee int) error {
+		status, msg = s.addOrReject(st, body, es, ee, i, &st.bc)
+		i++
+		if status != 0 {
+			return errStop
+		}
+		return nil
+	})
+	return status, msg
+}
+
+var errStop = errors.New("stop")
+
+func (s *Server) addOrReject(st *reqState, body []byte, start, end, index int, bc *batchContext) (int, string) {
+	err := st.b.addEvent(body, start, end, index, bc, &st.ri)
+	if err == nil {
+		return 0, ""
+	}
+	var ee *eventError
+	if errors.As(err, &ee) {
+		reason := "invalid_event"
+		if ee.status == fasthttp.StatusRequestEntityTooLarge {
+			reason = "event_too_large"
+		}
+		s.metrics.reject(reason, 1)
+		return ee.status, ee.Error()
+	}
+	return fasthttp.StatusBadRequest, err.Error()
+}
+
+// store appends the request's events and answers.
+func (s *Server) store(ctx *fasthttp.RequestCtx, st *reqState) {
+	recs := st.b.records(&st.ri)
+	res, err := s.deps.Appender.Append(context.Background(), recs)
+	switch {
+	case err == nil:
+		s.metrics.events.Add(uint64(res.Stored))
+		s.metrics.dedupHits.Add(uint64(res.Duplicates))
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(`{"success":true}`)
+	case errors.Is(err, engine.ErrBacklogFull):
+		s.metrics.reject("backlog_full", len(recs))
+		s.overloaded(ctx, fasthttp.StatusTooManyRequests, "backlog limit reached; retry later")
+	case errors.Is(err, engine.ErrDiskBudget):
+		s.metrics.reject("disk_budget", len(recs))
+		s.overloaded(ctx, fasthttp.StatusServiceUnavailable, "disk budget exhausted; retry later")
+	case errors.Is(err, engine.ErrInvalidRecord):
+		s.metrics.reject("invalid_record", len(recs))
+		s.writeError(ctx, fasthttp.StatusRequestEntityTooLarge, err.Error())
+	default:
+		s.metrics.reject("storage_unavailable", len(recs))
+		s.log.Warn("cannot store events", "events", len(recs), "err", err)
+		s.overloaded(ctx, fasthttp.StatusServiceUnavailable, "storage unavailable; retry later")
+	}
+}
+
+// headerOrQueryKey finds the write key in HTTP Basic auth (user name, with
+// or without the colon) or in ?writeKey=.
+func (s *Server) headerOrQueryKey(ctx *fasthttp.RequestCtx, dst []byte) []byte {
+	if auth := ctx.Request.Header.Peek("Authorization"); len(auth) > 6 && bytes.EqualFold(auth[:6], []byte("basic ")) {
+		enc := bytes.TrimSpace(auth[6:])
+		n := base64.StdEncoding.DecodedLen(len(enc))
+		dst = append(dst[:0], make([]byte, n)...)
+		m, err := base64.StdEncoding.Decode(dst, enc)
+		if err == nil {
+			dst = dst[:m]
+			if i := bytes.IndexByte(dst, ':'); i >= 0 {
+				dst = dst[:i]
+			}
+			return dst
+		}
+		dst = dst[:0]
+	}
+	if k := ctx.QueryArgs().Peek("writeKey"); len(k) > 0 {
+		return append(dst[:0], k...)
+	}
+	return dst[:0]
+}
+
+func (s *Server) clientIP(ctx *fasthttp.RequestCtx, dst []byte) []byte {
+	if s.opts.TrustForwardedFor {
+		if xff := ctx.Request.Header.Peek("X-Forwarded-For"); len(xff) > 0 {
+			if i := bytes.IndexByte(xff, ','); i >= 0 {
+				xff = xff[:i]
+			}
+			return bytes.TrimSpace(xff)
+		}
+	}
+	addr, ok := netip.AddrFromSlice(ctx.RemoteIP())
+	if !ok {
+		return dst[:0]
+	}
+	return addr.Unmap().AppendTo(dst[:0])
+}
+
+// cors lets browsers call the API from any page, credentials included.
+func (s *Server) cors(ctx *fasthttp.RequestCtx) {
+	h := &ctx.Response.Header
+	origin := ctx.Request.Header.Peek("Origin")
+	if len(origin) == 0 {
+		h.Set("Access-Control-Allow-Origin", "*")
+	} else {
+		h.SetBytesV("Access-Control-Allow-Origin", origin)
+		h.Set("Access-Control-Allow-Credentials", "true")
+		h.Set("Vary", "Origin")
+	}
+	if ctx.IsOptions() {
+		h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+		if req := ctx.Request.Header.Peek("Access-Control-Request-Headers"); len(req) > 0 {
+			h.SetBytesV("Access-Control-Allow-Headers", req)
+		} else {
+			h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization, Content-Encoding, AnonymousId")
+		}
+		h.Set("Access-Control-Max-Age", "86400")
+	}
+}
+
+func (s *Server) writeError(ctx *fasthttp.RequestCtx, status int, msg string) {
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	b := append([]byte(`{"success":false,"error":`), jsonscan.AppendQuoted(nil, []byte(msg))...)
+	ctx.SetBody(append(b, '}'))
+}
+
+func (s *Server) overloaded(ctx *fasthttp.RequestCtx, status int, msg string) {
+	ctx.Response.Header.Set("Retry-After", fmt.Sprint(max(int(s.opts.RetryAfter/time.Second), 1)))
+	s.writeError(ctx, status, msg)
+}
+
+// handleTransportError answers requests fasthttp could not read.
+func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		s.metrics.reject("request_too_large", 1)
+		s.writeError(ctx, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", s.opts.RequestBytesMax))
+	case errors.As(err, &small):
+		s.writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "request headers too large")
+	default:
+		s.writeError(ctx, fasthttp.StatusBadRequest, "cannot read request: "+err.Error())
+	}
+	s.metrics.request("transport", ctx.Response.StatusCode(), 0)
+}
+
+type fasthttpLogger struct{ l *slog.Logger }
+
+func (f fasthttpLogger) Printf(format string, args ...any) {
+	f.l.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+}
