@@ -265,6 +265,10 @@ func (b *builder) writeEvent(body []byte, meta *eventMeta, genID bool, bc *batch
 			continue
 		case m.kind == mTimestamp && tsRewrite:
 			continue
+		case m.kind == mMessageID && genID: // null or "": replaced below
+			continue
+		case m.kind == mOriginalTimestamp && origTs != nil: // null or "": replaced below
+			continue
 		case m.kind == mContext && ctxRewrite:
 			continue
 		}
@@ -337,10 +341,10 @@ func (b *builder) timestamps(body []byte, bc *batchContext, ri *requestInfo) (ti
 	case origOK && sentOK:
 		return ri.receivedAt.Add(-sentT.Sub(origT)), true, addOrig
 	case origOK:
-		if isEmpty(body, tsSpan) {
-			return origT, true, nil // only originalTimestamp was sent
+		if _, ok := parseStringTime(body, tsSpan); ok {
+			return time.Time{}, false, addOrig // the client's timestamp stands
 		}
-		return time.Time{}, false, nil
+		return origT, true, addOrig // missing or unparsable: use the original
 	default:
 		return ri.receivedAt, true, nil
 	}
@@ -383,6 +387,9 @@ func (b *builder) appendContext(out, body []byte, ctx span, bc *batchContext, ri
 	b.ctxKeys = b.ctxKeys[:0]
 	hasIP := false
 	add := func(src []byte, ks, ve int, key []byte, v span) {
+		if string(key) == "ip" && isEmpty(src, v) {
+			return // an empty ip is replaced by the request's
+		}
 		if !first {
 			out = append(out, ',')
 		}

@@ -20,7 +20,12 @@ type Config struct {
 	// LogLevel is debug, info, warn or error. Default info.
 	LogLevel string `yaml:"log_level"`
 	// LogFormat is text or json. Default text.
-	LogFormat    string        `yaml:"log_format"`
+	LogFormat string `yaml:"log_format"`
+	// AdminListen is the admin API address. Default 127.0.0.1:8081.
+	AdminListen string `yaml:"admin_listen"`
+	// AdminToken is the admin API's bearer token; without one the admin
+	// API refuses a non-loopback address.
+	AdminToken   string        `yaml:"admin_token"`
 	Sources      []Source      `yaml:"sources"`
 	Destinations []Destination `yaml:"destinations"`
 	Ingest       IngestConfig  `yaml:"ingest"`
@@ -46,13 +51,55 @@ func (s *Source) UnmarshalYAML(n *yaml.Node) error {
 
 // Destination is one delivery target.
 type Destination struct {
-	Name     string         `yaml:"name"`
-	Type     string         `yaml:"type"`
-	Sources  []string       `yaml:"sources"`
-	Events   []string       `yaml:"events"`
-	Ordering *bool          `yaml:"ordering"`
-	Config   map[string]any `yaml:"config"`
-	line     int
+	Name     string   `yaml:"name"`
+	Type     string   `yaml:"type"`
+	Sources  []string `yaml:"sources"`
+	Events   []string `yaml:"events"`
+	Ordering *bool    `yaml:"ordering"`
+	// BatchSize: events per request (webhook: more than 1 sends a JSON
+	// array). Default 1 for webhook, 100 for file.
+	BatchSize int `yaml:"batch_size"`
+	// Concurrency caps requests in flight. Default 64.
+	Concurrency int `yaml:"concurrency"`
+	// RateLimit caps events per second. Default none.
+	RateLimit float64 `yaml:"rate_limit"`
+	// Timeout bounds one request. Default 30s.
+	Timeout time.Duration `yaml:"timeout"`
+	Retry   RetryConfig   `yaml:"retry"`
+	// Config holds the type's own settings (webhook: url, method, headers,
+	// secret; file: path, max_bytes, max_age, compress).
+	Config yaml.Node `yaml:"config"`
+	line   int
+}
+
+// RetryConfig is a destination's retry block; zero means the router's
+// default (see router.Policy).
+type RetryConfig struct {
+	MinAttempts      int           `yaml:"min_attempts"`
+	MaxAge           time.Duration `yaml:"max_age"`
+	BackoffInitial   time.Duration `yaml:"backoff_initial"`
+	BackoffMax       time.Duration `yaml:"backoff_max"`
+	AbortStatuses    []int         `yaml:"abort_statuses"`
+	RetryStatuses    []int         `yaml:"retry_statuses"`
+	ThrottleStatuses []int         `yaml:"throttle_statuses"`
+	FailureRatio     float64       `yaml:"failure_ratio"`
+	FailureMin       int           `yaml:"failure_min"`
+}
+
+// WebhookConfig is a webhook destination's config block.
+type WebhookConfig struct {
+	URL     string            `yaml:"url"`
+	Method  string            `yaml:"method"`
+	Headers map[string]string `yaml:"headers"`
+	Secret  string            `yaml:"secret"`
+}
+
+// FileConfig is a file destination's config block.
+type FileConfig struct {
+	Path     string        `yaml:"path"`
+	MaxBytes int64         `yaml:"max_bytes"`
+	MaxAge   time.Duration `yaml:"max_age"`
+	Compress bool          `yaml:"compress"`
 }
 
 // UnmarshalYAML keeps the line for error messages.
@@ -152,6 +199,9 @@ func (c *Config) applyDefaults() {
 	if c.LogFormat == "" {
 		c.LogFormat = "text"
 	}
+	if c.AdminListen == "" {
+		c.AdminListen = "127.0.0.1:8081"
+	}
 	for i := range c.Destinations {
 		d := &c.Destinations[i]
 		if d.Ordering == nil {
@@ -196,8 +246,8 @@ func (c *Config) validate() error {
 			return fmt.Errorf("line %d: destination name %q already used on line %d", d.line, d.Name, dests[d.Name])
 		}
 		dests[d.Name] = d.line
-		if d.Type == "" {
-			return fmt.Errorf("line %d: destination %q needs a type", d.line, d.Name)
+		if err := d.checkType(); err != nil {
+			return err
 		}
 		for _, s := range d.Sources {
 			if names[s] == 0 {
@@ -209,6 +259,43 @@ func (c *Config) validate() error {
 				return fmt.Errorf("line %d: destination %q: unknown event type %q", d.line, d.Name, e)
 			}
 		}
+	}
+	return nil
+}
+
+// checkType decodes the type-specific config block strictly.
+func (d *Destination) checkType() error {
+	switch d.Type {
+	case "webhook":
+		var w WebhookConfig
+		if err := d.decodeConfig(&w); err != nil {
+			return err
+		}
+		if w.URL == "" {
+			return fmt.Errorf("line %d: webhook destination %q needs config.url", d.line, d.Name)
+		}
+	case "file":
+		var f FileConfig
+		if err := d.decodeConfig(&f); err != nil {
+			return err
+		}
+		if f.Path == "" {
+			return fmt.Errorf("line %d: file destination %q needs config.path", d.line, d.Name)
+		}
+	case "":
+		return fmt.Errorf("line %d: destination %q needs a type (webhook or file)", d.line, d.Name)
+	default:
+		return fmt.Errorf("line %d: destination %q has unknown type %q (known: webhook, file)", d.line, d.Name, d.Type)
+	}
+	return nil
+}
+
+func (d *Destination) decodeConfig(v any) error {
+	if d.Config.Kind == 0 {
+		return nil
+	}
+	if err := decodeStrict(&d.Config, v); err != nil {
+		return fmt.Errorf("destination %q config: %w", d.Name, err)
 	}
 	return nil
 }

@@ -18,11 +18,13 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/sluice-cdi/sluice/engine"
 	"github.com/sluice-cdi/sluice/ingest"
+	"github.com/sluice-cdi/sluice/router"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -102,7 +104,7 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 
 // serve runs until ctx ends, then shuts down in order: stop accepting,
 // finish requests in flight, close the engine.
-func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
+func serve(ctx context.Context, cfg *Config, log *slog.Logger) (err error) {
 	eng, err := engine.Open(engine.Options{
 		Dir:              cfg.DataDir,
 		Logger:           log.With("component", "engine"),
@@ -116,16 +118,23 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return fmt.Errorf("cannot open engine: %w", err)
 	}
 	defer func() {
-		if err := eng.Close(); err != nil {
-			log.Error("cannot close engine", "err", err)
+		if cerr := eng.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("cannot close engine: %w", cerr)
 		}
 	}()
-	for _, d := range cfg.Destinations {
-		if _, err := eng.Consumer(d.Name); err != nil {
-			return err
-		}
+	routers, err := buildRouters(cfg, eng, log)
+	if err != nil {
+		return err
 	}
-	srv, err := ingest.New(ingestOptions(cfg, log), ingest.Deps{Appender: eng, Stats: eng.Stats})
+	defer func() {
+		for _, r := range routers {
+			if err := r.Close(); err != nil {
+				log.Error("cannot close destination", "err", err)
+			}
+		}
+	}()
+	srv, err := ingest.New(ingestOptions(cfg, log), ingest.Deps{Appender: eng, Stats: eng.Stats,
+		Metrics: []func(io.Writer){func(w io.Writer) { router.WriteMetrics(w, routers) }}})
 	if err != nil {
 		return err
 	}
@@ -133,21 +142,51 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("cannot listen on %s: %w", cfg.Listen, err)
 	}
-	log.Info("sluice serving", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "sources", len(cfg.Sources), "destinations", len(cfg.Destinations), "version", version)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	adminLn, err := net.Listen("tcp", cfg.AdminListen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("cannot listen on %s: %w", cfg.AdminListen, err)
+	}
+	admin := router.NewAdmin(eng, routers, router.AdminOptions{Token: cfg.AdminToken, Logger: log.With("component", "admin")})
+	log.Info("sluice serving", "listen", ln.Addr().String(), "admin", adminLn.Addr().String(), "data_dir", cfg.DataDir,
+		"sources", len(cfg.Sources), "destinations", len(cfg.Destinations), "version", version)
+	errc := make(chan error, 2)
+	go func() { errc <- fmt.Errorf("ingest server: %w", srv.Serve(ln)) }()
+	go func() {
+		if err := admin.Serve(adminLn); err != nil {
+			errc <- fmt.Errorf("admin server: %w", err)
+		}
+	}()
+	routerCtx, stopRouters := context.WithCancel(context.Background())
+	defer stopRouters()
+	var wg sync.WaitGroup
+	for _, r := range routers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := r.Run(routerCtx); err != nil {
+				log.Error("router stopped", "destination", r.Name(), "err", err)
+			}
+		}()
+	}
+	var runErr error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
-	case err := <-errc:
-		return fmt.Errorf("ingest server: %w", err)
+	case runErr = <-errc:
 	}
+	// Order: stop accepting and finish ingest requests in flight, then let
+	// routers finish or persist their in-flight deliveries, then close the
+	// engine (deferred above).
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.Canceled) {
 		log.Warn("ingest shutdown incomplete", "err", err)
 	}
-	return nil
+	admin.Shutdown(sctx)
+	stopRouters()
+	wg.Wait()
+	return runErr
 }
 
 func ingestOptions(cfg *Config, log *slog.Logger) ingest.Options {

@@ -1,0 +1,301 @@
+package router
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sluice-cdi/sluice/engine"
+)
+
+// Admin is the operations API: destination status, dead letters (list,
+// replay, purge) and pause/resume, on its own listener with bearer-token
+// auth.
+type Admin struct {
+	routers map[string]*Router
+	order   []string
+	eng     *engine.Engine
+	token   string
+	log     *slog.Logger
+	srv     *http.Server
+}
+
+// AdminOptions configures the admin API.
+type AdminOptions struct {
+	// Token is the bearer token every request must carry. Required unless
+	// the listener is on a loopback address.
+	Token  string
+	Logger *slog.Logger
+}
+
+// DestinationInfo is one destination in GET /v1/destinations.
+type DestinationInfo struct {
+	Status
+	BacklogEvents    uint64  `json:"backlog_events"`
+	BacklogBytes     int64   `json:"backlog_bytes"`
+	OldestPendingSec float64 `json:"oldest_pending_seconds"`
+	FailedEntries    int64   `json:"failed_entries"`
+	SkippedEntries   int64   `json:"skipped_entries"`
+	AbortedEntries   int64   `json:"aborted_entries"`
+}
+
+// DeadLetter is one aborted event in GET .../dlq.
+type DeadLetter struct {
+	Seq          uint64          `json:"seq"`
+	MessageID    string          `json:"message_id"`
+	Key          string          `json:"key"`
+	Reason       string          `json:"reason"`
+	LastStatus   int32           `json:"last_status"`
+	Response     string          `json:"response,omitempty"`
+	Attempts     uint32          `json:"attempts"`
+	FirstFailure time.Time       `json:"first_failure,omitzero"`
+	LastAttempt  time.Time       `json:"last_attempt,omitzero"`
+	ReceivedAt   time.Time       `json:"received_at"`
+	Event        json.RawMessage `json:"event,omitempty"`
+}
+
+// NewAdmin returns the admin API over the routers.
+func NewAdmin(eng *engine.Engine, routers []*Router, o AdminOptions) *Admin {
+	a := &Admin{routers: make(map[string]*Router), eng: eng, token: o.Token, log: o.Logger}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	for _, r := range routers {
+		a.routers[r.Name()] = r
+		a.order = append(a.order, r.Name())
+	}
+	return a
+}
+
+// Serve serves the API on addr until Shutdown. Without a token it refuses a
+// non-loopback address.
+func (a *Admin) Serve(ln net.Listener) error {
+	if a.token == "" {
+		host, _, _ := net.SplitHostPort(ln.Addr().String())
+		if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+			return fmt.Errorf("admin: refusing to listen on non-loopback %s without admin_token", ln.Addr())
+		}
+	}
+	a.srv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	err := a.srv.Serve(ln)
+	if err == http.ErrServerClosed {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops the API.
+func (a *Admin) Shutdown(ctx context.Context) error {
+	if a.srv == nil {
+		return nil
+	}
+	return a.srv.Shutdown(ctx)
+}
+
+// Handler is the API's HTTP handler.
+func (a *Admin) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/destinations", a.list)
+	mux.HandleFunc("GET /v1/destinations/{name}/dlq", a.dlqList)
+	mux.HandleFunc("POST /v1/destinations/{name}/dlq/replay", a.dlqEdit(true))
+	mux.HandleFunc("POST /v1/destinations/{name}/dlq/purge", a.dlqEdit(false))
+	mux.HandleFunc("POST /v1/destinations/{name}/pause", a.pause(true))
+	mux.HandleFunc("POST /v1/destinations/{name}/resume", a.pause(false))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a.token != "" {
+			got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
+				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func (a *Admin) list(w http.ResponseWriter, r *http.Request) {
+	st := a.eng.Stats()
+	byName := map[string]engine.ConsumerStats{}
+	for _, c := range st.Consumers {
+		byName[c.Name] = c
+	}
+	out := []DestinationInfo{}
+	for _, name := range a.order {
+		c := byName[name]
+		out = append(out, DestinationInfo{Status: a.routers[name].Status(), BacklogEvents: c.BacklogEvents, BacklogBytes: c.BacklogBytes,
+			OldestPendingSec: c.OldestPendingAge.Seconds(), FailedEntries: c.Failed, SkippedEntries: c.Skipped, AbortedEntries: c.Aborted})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *Admin) consumer(w http.ResponseWriter, r *http.Request) (*Router, *engine.Consumer, bool) {
+	name := r.PathValue("name")
+	rt := a.routers[name]
+	if rt == nil {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no destination " + strconv.Quote(name)})
+		return nil, nil, false
+	}
+	return rt, rt.cons, true
+}
+
+// matcher builds the filter of ?reason= (substring) and message ids.
+func (a *Admin) matcher(reason string, ids []string) func(*engine.Entry) bool {
+	if reason == "" && len(ids) == 0 {
+		return nil
+	}
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	return func(e *engine.Entry) bool {
+		if reason != "" && !strings.Contains(e.Reason, reason) {
+			return false
+		}
+		if len(want) > 0 {
+			rec, err := a.eng.Read(e.Seq, e.Pos)
+			return err == nil && want[string(rec.MessageID)]
+		}
+		return true
+	}
+}
+
+func (a *Admin) dlqList(w http.ResponseWriter, r *http.Request) {
+	_, cons, ok := a.consumer(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	after, _ := strconv.ParseUint(q.Get("after"), 10, 64)
+	limit, err := strconv.Atoi(q.Get("limit"))
+	if err != nil || limit <= 0 || limit > 1000 {
+		limit = 100
+	}
+	ents, err := cons.Aborted(after, limit, a.matcher(q.Get("reason"), q["message_id"]))
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+		return
+	}
+	out := []DeadLetter{}
+	for _, e := range ents {
+		dl := DeadLetter{Seq: e.Seq, Key: string(e.Key), Reason: e.Reason, LastStatus: e.LastStatus, Response: string(e.Response),
+			Attempts: e.Attempts, ReceivedAt: time.Unix(0, e.ReceivedAt).UTC()}
+		if e.FirstFailure != 0 {
+			dl.FirstFailure = time.Unix(0, e.FirstFailure).UTC()
+		}
+		if e.LastAttempt != 0 {
+			dl.LastAttempt = time.Unix(0, e.LastAttempt).UTC()
+		}
+		if rec, err := a.eng.Read(e.Seq, e.Pos); err == nil {
+			dl.MessageID, dl.Event = string(rec.MessageID), json.RawMessage(rec.Payload)
+		}
+		out = append(out, dl)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// dlqEdit replays or purges dead letters. Body (optional):
+// {"reason": "substring", "message_ids": ["..."]}; empty means all.
+func (a *Admin) dlqEdit(replay bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		rt, cons, ok := a.consumer(w, r)
+		if !ok {
+			return
+		}
+		var req struct {
+			Reason     string   `json:"reason"`
+			MessageIDs []string `json:"message_ids"`
+		}
+		if body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20)); len(strings.TrimSpace(string(body))) > 0 {
+			if err := json.Unmarshal(body, &req); err != nil {
+				writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad JSON body: " + err.Error()})
+				return
+			}
+		}
+		match := a.matcher(req.Reason, req.MessageIDs)
+		var n int
+		var err error
+		if replay {
+			n, err = cons.Replay(rt.cfg.Clock.Now().UnixNano(), match)
+			if err == nil {
+				rt.Kick(r.Context())
+			}
+		} else {
+			n, err = cons.Purge(match)
+		}
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
+			return
+		}
+		a.log.Info("dead letters edited", "destination", rt.Name(), "replay", replay, "count", n)
+		writeJSON(w, http.StatusOK, map[string]int{"count": n})
+	}
+}
+
+func (a *Admin) pause(paused bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		rt, _, ok := a.consumer(w, r)
+		if !ok {
+			return
+		}
+		var err error
+		if paused {
+			err = rt.Pause(r.Context())
+		} else {
+			err = rt.Resume(r.Context())
+		}
+		if err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]bool{"paused": paused})
+	}
+}
+
+// WriteMetrics renders the routers' figures in Prometheus text format.
+func WriteMetrics(w io.Writer, routers []*Router) {
+	type metric struct {
+		name, help, kind string
+		get              func(Status) float64
+	}
+	metrics := []metric{
+		{"sluice_router_delivered_total", "Events delivered.", "counter", func(s Status) float64 { return float64(s.Counters.Delivered) }},
+		{"sluice_router_filtered_total", "Events filtered (source or type not accepted).", "counter", func(s Status) float64 { return float64(s.Counters.Filtered) }},
+		{"sluice_router_failed_total", "Charged failed attempts.", "counter", func(s Status) float64 { return float64(s.Counters.Failed) }},
+		{"sluice_router_aborted_total", "Events aborted into the dead letters.", "counter", func(s Status) float64 { return float64(s.Counters.Aborted) }},
+		{"sluice_router_throttled_total", "Throttled answers (429).", "counter", func(s Status) float64 { return float64(s.Counters.Throttled) }},
+		{"sluice_router_requests_total", "Requests sent.", "counter", func(s Status) float64 { return float64(s.Counters.Requests) }},
+		{"sluice_router_outage_attempts_total", "Failed attempts not charged (destination down).", "counter", func(s Status) float64 { return float64(s.Counters.OutageAttempts) }},
+		{"sluice_router_breaker_opened_total", "Times the breaker opened.", "counter", func(s Status) float64 { return float64(s.Counters.BreakerOpened) }},
+		{"sluice_router_concurrency", "Current adaptive concurrency limit.", "gauge", func(s Status) float64 { return float64(s.Concurrency) }},
+		{"sluice_router_in_flight", "Requests in flight.", "gauge", func(s Status) float64 { return float64(s.InFlight) }},
+		{"sluice_router_window_events", "Events held in memory ahead of the cursor.", "gauge", func(s Status) float64 { return float64(s.Window) }},
+		{"sluice_router_healthy", "1 when the destination is healthy (not backing off or paused).", "gauge", func(s Status) float64 {
+			if s.State == "healthy" {
+				return 1
+			}
+			return 0
+		}},
+	}
+	for _, m := range metrics {
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", m.name, m.help, m.name, m.kind)
+		for _, r := range routers {
+			fmt.Fprintf(w, "%s{destination=%q} %g\n", m.name, r.Name(), m.get(r.Status()))
+		}
+	}
+}

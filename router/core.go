@@ -1,0 +1,850 @@
+package router
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/sluice-cdi/sluice/engine"
+)
+
+// Log is what the router needs of the engine's log.
+type Log interface {
+	NewReader(from uint64, hint engine.Pos) (*engine.Reader, error)
+	Read(seq uint64, pos engine.Pos) (engine.Record, error)
+	Changed() <-chan struct{}
+}
+
+// itemState is where an event stands in the router's memory.
+type itemState uint8
+
+const (
+	waiting itemState = iota
+	inflight
+	done // succeeded or filtered: settled, no entry
+	failed
+	aborted
+)
+
+// item is one event held by the router: read into the window (seq at or
+// past the cursor) or loaded from a stored entry (seq below it).
+type item struct {
+	seq      uint64
+	pos      engine.Pos
+	key      string
+	buf      []byte // owned copy of the record's fields
+	ev       Event  // slices into buf
+	state    itemState
+	entry    *engine.Entry // the stored entry, for the entry path
+	solo     bool          // send alone (isolating a batch failure)
+	attempts uint32
+	first    int64 // first failure, Unix ns
+	last     int64 // last attempt, Unix ns
+	status   int32
+	reason   string
+	response []byte
+	size     int
+	due      int64 // retry time of a failed window event, Unix ns
+	replayed bool
+}
+
+// keyState is one ordering key's place in the router.
+type keyState struct {
+	key          string
+	busy         bool    // a batch with its events is in flight
+	blocked      bool    // barrier: earlier events of the key are failed or skipped
+	pending      []*item // window events waiting, in seq order
+	queued       bool    // in core.ready
+	draining     bool    // in core.drains
+	failedWindow int     // failed events in the window not yet stored
+}
+
+// batch is one Send.
+type batch struct {
+	items []*item
+	entry bool // items come from stored entries
+	probe bool
+	start time.Time
+	res   Result
+}
+
+// core is the router's state machine for one destination. It has no
+// goroutines and no clock of its own: the Router drives it in real time, the
+// simulator in virtual time. Not safe for concurrent use.
+type core struct {
+	cfg    Config
+	pol    *Policy
+	log    Log
+	cons   *engine.Consumer
+	logger *slog.Logger
+
+	sources, events map[string]bool
+
+	reader  *engine.Reader
+	recBuf  []engine.Record
+	window  []*item
+	head    int
+	winSize int // bytes of the window's items
+
+	keys   map[string]*keyState
+	ready  []*keyState // keys with dispatchable events (ordering on)
+	loose  []*item     // dispatchable events (ordering off)
+	drains []*keyState // keys whose stored entries are next in line
+	work   []*batch    // entry batches ready to send
+
+	inFlight        int
+	inFlightEntries map[uint64]bool
+	nextDue         time.Time
+	health          *health
+	aimd            *aimd
+	rate            *bucket
+	throttledUntil  time.Time
+	paused          bool
+
+	txn       *engine.Txn
+	lastFlush time.Time
+	err       error // sticky: a failed commit stops dispatch
+
+	stats Counters
+}
+
+// Counters are a destination's running totals.
+type Counters struct {
+	Delivered, Filtered, Failed, Aborted, Expired, Throttled, Retried uint64
+	Requests, OutageAttempts, BreakerOpened                           uint64
+}
+
+func newCore(cfg Config, log Log, cons *engine.Consumer) (*core, error) {
+	c := &core{
+		cfg: cfg, pol: &cfg.Policy, log: log, cons: cons, logger: cfg.Logger,
+		keys: make(map[string]*keyState), inFlightEntries: make(map[uint64]bool),
+		aimd: newAIMD(cfg.ConcurrencyInitial, cfg.ConcurrencyMax),
+	}
+	c.health = newHealth(c.pol)
+	if cfg.RateLimit > 0 {
+		c.rate = &bucket{rate: cfg.RateLimit, burst: max(cfg.RateLimit, float64(cfg.BatchSize))}
+	}
+	if len(cfg.Sources) > 0 {
+		c.sources = setOf(cfg.Sources)
+	}
+	if len(cfg.Events) > 0 {
+		c.events = setOf(cfg.Events)
+	}
+	cur, pos := cons.Cursor()
+	r, err := log.NewReader(cur, pos)
+	if err != nil {
+		return nil, fmt.Errorf("cannot start router %s: %w", cfg.Name, err)
+	}
+	c.reader = r
+	c.txn = cons.Begin()
+	if cfg.Ordering {
+		err := cons.Barriers(func(key []byte, _ uint64) error {
+			ks := c.keyState(string(key))
+			ks.blocked = true
+			c.queueDrain(ks)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func setOf(list []string) map[string]bool {
+	m := make(map[string]bool, len(list))
+	for _, s := range list {
+		m[s] = true
+	}
+	return m
+}
+
+func (c *core) keyState(k string) *keyState {
+	ks := c.keys[k]
+	if ks == nil {
+		ks = &keyState{key: k}
+		c.keys[k] = ks
+	}
+	return ks
+}
+
+// forget drops a key's state once nothing refers to it.
+func (c *core) forget(ks *keyState) {
+	if !ks.busy && !ks.blocked && !ks.queued && !ks.draining && len(ks.pending) == 0 && ks.failedWindow == 0 {
+		delete(c.keys, ks.key)
+	}
+}
+
+// fill reads events into the window up to its bounds.
+func (c *core) fill(now time.Time) error {
+	for len(c.window)-c.head < c.cfg.WindowEvents && c.winSize < c.cfg.WindowBytes {
+		n := min(256, c.cfg.WindowEvents-(len(c.window)-c.head))
+		recs, err := c.reader.Next(c.recBuf[:0], n)
+		c.recBuf = recs[:0]
+		if err != nil {
+			return fmt.Errorf("cannot read log: %w", err)
+		}
+		if len(recs) == 0 {
+			return nil
+		}
+		for i := range recs {
+			c.admitRecord(&recs[i], now)
+		}
+	}
+	return nil
+}
+
+func (c *core) admitRecord(r *engine.Record, now time.Time) {
+	it := newItem(r)
+	c.window = append(c.window, it)
+	c.winSize += it.size
+	switch {
+	case (c.sources != nil && !c.sources[string(r.Source)]) || (c.events != nil && !c.events[string(r.Type)]):
+		it.state = done
+		c.stats.Filtered++
+		return
+	}
+	if !c.cfg.Ordering {
+		c.loose = append(c.loose, it)
+		return
+	}
+	ks := c.keyState(it.key)
+	ks.pending = append(ks.pending, it)
+	c.markReady(ks)
+}
+
+// newItem copies a record into an item that owns its bytes.
+func newItem(r *engine.Record) *item {
+	n := len(r.Payload) + len(r.MessageID) + len(r.Key) + len(r.Type) + len(r.Source)
+	buf := make([]byte, 0, n)
+	cut := func(b []byte) []byte {
+		s := len(buf)
+		buf = append(buf, b...)
+		return buf[s:len(buf):len(buf)]
+	}
+	it := &item{seq: r.Seq, pos: r.Pos, key: string(r.Key), size: n + 200}
+	it.ev = Event{Seq: r.Seq, ReceivedAt: r.ReceivedAt, Payload: cut(r.Payload), MessageID: cut(r.MessageID),
+		Key: cut(r.Key), Type: cut(r.Type), Source: cut(r.Source)}
+	it.buf = buf
+	return it
+}
+
+func (c *core) markReady(ks *keyState) {
+	if !ks.queued && !ks.busy && !ks.blocked && len(ks.pending) > 0 {
+		ks.queued = true
+		c.ready = append(c.ready, ks)
+	}
+}
+
+func (c *core) queueDrain(ks *keyState) {
+	if !ks.draining {
+		ks.draining = true
+		c.drains = append(c.drains, ks)
+	}
+}
+
+// poll returns the batches to send now, marking their events in flight.
+func (c *core) poll(now time.Time) []*batch {
+	if c.paused || c.err != nil || now.Before(c.throttledUntil) {
+		return nil
+	}
+	var out []*batch
+	for c.inFlight < c.aimd.Limit() {
+		probe := false
+		switch c.health.state {
+		case BackingOff:
+			if now.Before(c.health.until) || c.inFlight > 0 {
+				return out
+			}
+			probe = true
+		case Probing:
+			return out
+		}
+		max := c.cfg.BatchSize
+		if probe {
+			max = 1
+		}
+		if c.rate != nil {
+			if !c.rate.take(now, 0) {
+				return out
+			}
+			max = min(max, int(c.rate.tokens))
+			if max < 1 {
+				return out
+			}
+		}
+		b := c.nextBatch(now, max)
+		if b == nil {
+			return out
+		}
+		if c.rate != nil {
+			c.rate.tokens -= float64(len(b.items))
+		}
+		if probe {
+			b.probe = true
+			c.health.state = Probing
+		}
+		b.start = now
+		c.inFlight++
+		c.stats.Requests++
+		out = append(out, b)
+	}
+	return out
+}
+
+// nextBatch assembles up to max events: stored entries first (retries and
+// released skips), then the window.
+func (c *core) nextBatch(now time.Time, max int) *batch {
+	if b := c.nextEntryBatch(now, max); b != nil {
+		return b
+	}
+	b := &batch{}
+	if !c.cfg.Ordering {
+		for len(c.loose) > 0 && len(b.items) < max {
+			it := c.loose[0]
+			if it.solo && len(b.items) > 0 {
+				break
+			}
+			c.loose = c.loose[1:]
+			if c.expire(it, now) {
+				continue
+			}
+			it.state = inflight
+			b.items = append(b.items, it)
+			if it.solo {
+				break
+			}
+		}
+		if len(b.items) == 0 {
+			return nil
+		}
+		return b
+	}
+	for len(c.ready) > 0 && len(b.items) < max {
+		ks := c.ready[0]
+		if len(ks.pending) > 0 && ks.pending[0].solo && len(b.items) > 0 {
+			break
+		}
+		c.ready = c.ready[1:]
+		ks.queued = false
+		if ks.busy || ks.blocked {
+			continue
+		}
+		for len(ks.pending) > 0 && len(b.items) < max {
+			it := ks.pending[0]
+			if it.solo && len(b.items) > 0 {
+				break
+			}
+			ks.pending = ks.pending[1:]
+			if c.expire(it, now) {
+				continue
+			}
+			it.state = inflight
+			ks.busy = true
+			b.items = append(b.items, it)
+			if it.solo {
+				break
+			}
+		}
+		if !ks.busy {
+			c.forget(ks)
+		}
+		if len(b.items) > 0 && b.items[len(b.items)-1].solo {
+			break
+		}
+	}
+	if len(b.items) == 0 {
+		return nil
+	}
+	return b
+}
+
+// expire aborts a window event older than MaxAge instead of sending it.
+func (c *core) expire(it *item, now time.Time) bool {
+	if now.Sub(time.Unix(0, it.ev.ReceivedAt)) <= c.pol.MaxAge {
+		return false
+	}
+	it.reason = fmt.Sprintf("expired: older than max_age %v", c.pol.MaxAge)
+	it.state = aborted
+	c.stats.Expired++
+	c.stats.Aborted++
+	return true
+}
+
+// complete applies a batch's result.
+func (c *core) complete(b *batch, now time.Time) {
+	c.inFlight--
+	res := b.res
+	out := c.pol.classify(res)
+	c.aimd.observe(now.Sub(b.start), c.inFlight+1, out == outThrottled || out == outRetryable)
+	key := b.items[0].key
+	switch out {
+	case outSuccess:
+		c.health.success(key)
+		c.stats.Delivered += uint64(len(b.items))
+		c.settle(b, now)
+	case outThrottled:
+		c.health.success(key) // it answered: it is up
+		c.stats.Throttled++
+		c.throttledUntil = now.Add(max(res.RetryAfter, c.pol.BackoffInitial))
+		c.requeue(b, false)
+	case outAbort:
+		c.health.success(key) // it answered: it is up
+		if len(b.items) > 1 {
+			c.requeue(b, true) // find the event it refuses
+			return
+		}
+		c.abort(b.items[0], res, fmt.Sprintf("rejected with status %d", res.Status), now)
+		c.release(b)
+	case outRetryable:
+		if !c.health.failure(key, now, c.cfg.Rand) {
+			c.stats.OutageAttempts++
+			if c.health.state == BackingOff && c.health.failures == 1 {
+				c.stats.BreakerOpened++
+				c.logger.Warn("destination looks down; backing off", "destination", c.cfg.Name, "status", res.Status, "err", res.Err, "until", c.health.until)
+			}
+			c.requeue(b, false)
+			return
+		}
+		if len(b.items) > 1 {
+			c.requeue(b, true)
+			return
+		}
+		c.charge(b.items[0], res, now)
+		c.release(b)
+	}
+}
+
+// settle handles delivered events.
+func (c *core) settle(b *batch, now time.Time) {
+	for _, it := range b.items {
+		if !b.entry {
+			it.state = done
+			continue
+		}
+		delete(c.inFlightEntries, it.seq)
+		c.txn.Succeed(it.seq)
+	}
+	if b.entry {
+		c.flush(now, true)
+	}
+	c.release(b)
+}
+
+// release frees the batch's keys and queues what comes next for them.
+func (c *core) release(b *batch) { c.releaseKeys(b, b.entry) }
+
+// releaseKeys frees the batch's keys; drain queues their stored entries.
+func (c *core) releaseKeys(b *batch, drain bool) {
+	for _, it := range b.items {
+		if !c.cfg.Ordering {
+			continue
+		}
+		ks := c.keys[it.key]
+		if ks == nil || !ks.busy {
+			continue
+		}
+		ks.busy = false
+		if drain && !it.replayed {
+			c.queueDrain(ks)
+		}
+		c.markReady(ks)
+		c.forget(ks)
+	}
+}
+
+// requeue puts a batch's events back unchanged (not charged): before the
+// key's other waiting events, in order. isolate marks them to be sent one
+// at a time.
+func (c *core) requeue(b *batch, isolate bool) {
+	if b.entry {
+		if isolate {
+			// Resend one by one, in order; they stay reserved so no drain
+			// or retry scan picks them up twice.
+			for _, it := range b.items {
+				it.solo, it.state = true, waiting
+				c.work = append(c.work, &batch{items: []*item{it}, entry: true})
+			}
+			c.releaseKeys(b, false)
+			return
+		}
+		for _, it := range b.items {
+			delete(c.inFlightEntries, it.seq)
+		}
+		c.release(b)
+		return
+	}
+	for i := len(b.items) - 1; i >= 0; i-- {
+		it := b.items[i]
+		it.state = waiting
+		if isolate {
+			it.solo = true
+		}
+		if !c.cfg.Ordering {
+			c.loose = append([]*item{it}, c.loose...)
+			continue
+		}
+		ks := c.keyState(it.key)
+		ks.pending = append([]*item{it}, ks.pending...)
+	}
+	for _, it := range b.items {
+		if ks := c.keys[it.key]; ks != nil {
+			ks.busy = false
+			c.markReady(ks)
+		}
+	}
+}
+
+// charge counts a failed attempt against the event: it is retried later, or
+// aborted once it failed MinAttempts times.
+func (c *core) charge(it *item, res Result, now time.Time) {
+	it.attempts++
+	it.last = now.UnixNano()
+	if it.first == 0 {
+		it.first = it.last
+	}
+	it.status, it.response = int32(res.Status), capBody(res.Body)
+	if res.Err != nil {
+		it.reason = res.Err.Error()
+		it.status = -1
+	} else {
+		it.reason = fmt.Sprintf("status %d", res.Status)
+	}
+	if int(it.attempts) >= c.pol.MinAttempts {
+		c.abort(it, res, fmt.Sprintf("failed %d times: %s", it.attempts, it.reason), now)
+		return
+	}
+	c.stats.Failed++
+	due := now.Add(c.pol.backoff(int(it.attempts), c.cfg.Rand)).UnixNano()
+	if it.entry != nil {
+		delete(c.inFlightEntries, it.seq)
+		e := c.entryOf(it, engine.StateFailed)
+		e.DueAt = due
+		c.txn.Put(e)
+		c.flush(now, true)
+		c.refreshDue()
+		return
+	}
+	it.state = failed
+	it.due = due
+	if c.cfg.Ordering {
+		ks := c.keyState(it.key)
+		ks.blocked = true
+		ks.failedWindow++
+	}
+}
+
+// abort gives up on an event: it goes to the dead letters with its reason.
+func (c *core) abort(it *item, res Result, reason string, now time.Time) {
+	it.reason = reason
+	it.last = now.UnixNano()
+	if res.Status != 0 || res.Err != nil {
+		it.status, it.response = int32(res.Status), capBody(res.Body)
+		if res.Err != nil {
+			it.status = -1
+		}
+	}
+	c.stats.Aborted++
+	c.logger.Debug("event aborted", "destination", c.cfg.Name, "seq", it.seq, "reason", reason)
+	if it.entry != nil {
+		delete(c.inFlightEntries, it.seq)
+		c.txn.Put(c.entryOf(it, engine.StateAborted))
+		c.flush(now, true)
+		return
+	}
+	it.state = aborted
+}
+
+func capBody(b []byte) []byte {
+	if len(b) > engine.ResponseBytesMax {
+		b = b[:engine.ResponseBytesMax]
+	}
+	return append([]byte(nil), b...)
+}
+
+// entryOf builds the stored entry for an item.
+func (c *core) entryOf(it *item, s engine.State) engine.Entry {
+	e := engine.Entry{
+		Seq: it.seq, Pos: it.pos, State: s, Key: it.ev.Key, ReceivedAt: it.ev.ReceivedAt,
+		Attempts: it.attempts, FirstFailure: it.first, LastAttempt: it.last,
+		LastStatus: it.status, Reason: it.reason, Response: it.response,
+	}
+	if it.replayed {
+		e.Flags |= engine.EntryReplayed
+	}
+	return e
+}
+
+// advance moves the cursor past the settled head of the window, storing
+// entries for the events it passes that are not delivered.
+func (c *core) advance(now time.Time) {
+	moved := false
+	var passed uint64 // the last seq passed
+	for c.head < len(c.window) {
+		it := c.window[c.head]
+		switch it.state {
+		case done:
+		case failed:
+			e := c.entryOf(it, engine.StateFailed)
+			e.DueAt = it.due
+			c.txn.Put(e)
+			if c.cfg.Ordering {
+				ks := c.keyState(it.key)
+				ks.failedWindow--
+				c.txn.SetBarrier(it.ev.Key, it.seq)
+				c.forget(ks)
+			}
+			c.nextDue = time.Time{}
+		case aborted:
+			c.txn.Put(c.entryOf(it, engine.StateAborted))
+		case waiting:
+			if !c.cfg.Ordering {
+				goto stop
+			}
+			ks := c.keyState(it.key)
+			if !ks.blocked || len(ks.pending) == 0 || ks.pending[0] != it {
+				goto stop
+			}
+			ks.pending = ks.pending[1:]
+			c.txn.Put(c.entryOf(it, engine.StateSkipped))
+			c.forget(ks)
+		default:
+			goto stop
+		}
+		c.window[c.head] = nil
+		c.head++
+		c.winSize -= it.size
+		moved, passed = true, it.seq
+	}
+stop:
+	if c.head == len(c.window) {
+		c.window, c.head = c.window[:0], 0
+	} else if c.head > 1024 && c.head*2 > len(c.window) {
+		c.window = append(c.window[:0], c.window[c.head:]...)
+		c.head = 0
+	}
+	if moved {
+		if c.head < len(c.window) {
+			c.txn.Advance(c.window[c.head].seq, c.window[c.head].pos)
+		} else {
+			c.txn.Advance(passed+1, 0)
+		}
+	}
+	c.flush(now, false)
+}
+
+// flush commits pending transitions: at once when force is set, else at
+// most every FlushInterval.
+func (c *core) flush(now time.Time, force bool) {
+	if c.txn.Empty() || (!force && now.Sub(c.lastFlush) < c.cfg.FlushInterval) {
+		return
+	}
+	if err := c.txn.Commit(); err != nil {
+		// A commit error is a bug or a dying disk: stop dispatching rather
+		// than deliver without recording it.
+		c.err = fmt.Errorf("router %s: %w", c.cfg.Name, err)
+		c.logger.Error("cannot record delivery state; dispatch stopped", "destination", c.cfg.Name, "err", err)
+		return
+	}
+	c.txn = c.cons.Begin()
+	c.lastFlush = now
+}
+
+func (c *core) refreshDue() { c.nextDue = time.Time{} }
+
+// nextEntryBatch returns stored entries to send: released skips of keys
+// whose head settled, and failed entries whose retry is due.
+func (c *core) nextEntryBatch(now time.Time, max int) *batch {
+	if len(c.work) == 0 {
+		c.gatherEntries(now)
+	}
+	for i, b := range c.work {
+		ks := c.keys[b.items[0].key]
+		if c.cfg.Ordering && ks != nil && ks.busy {
+			continue
+		}
+		if len(b.items) > max {
+			rest := &batch{items: b.items[max:], entry: true}
+			b.items = b.items[:max]
+			c.work[i] = rest
+		} else {
+			c.work = append(c.work[:i], c.work[i+1:]...)
+		}
+		for _, it := range b.items {
+			c.inFlightEntries[it.seq] = true
+			it.state = inflight
+		}
+		if c.cfg.Ordering {
+			c.keyState(b.items[0].key).busy = true
+		}
+		return b
+	}
+	return nil
+}
+
+// gatherEntries loads entry work from the index.
+func (c *core) gatherEntries(now time.Time) {
+	c.flush(now, true)
+	if c.err != nil {
+		return
+	}
+	drains := c.drains
+	c.drains = nil
+	for _, ks := range drains {
+		ks.draining = false
+		if ks.busy {
+			c.queueDrain(ks)
+			continue
+		}
+		c.drainKey(ks, now)
+	}
+	if !c.nextDue.IsZero() && now.Before(c.nextDue) {
+		return
+	}
+	due, err := c.cons.Due(now.UnixNano(), 256)
+	if err != nil {
+		c.logger.Error("cannot read due retries", "destination", c.cfg.Name, "err", err)
+		return
+	}
+	left := false
+	for i := range due {
+		e := due[i]
+		if c.inFlightEntries[e.Seq] {
+			continue
+		}
+		if ks := c.keys[string(e.Key)]; c.cfg.Ordering && e.Flags&engine.EntryReplayed == 0 && ks != nil && ks.busy {
+			left = true
+			continue
+		}
+		if it := c.loadEntry(&e, now); it != nil {
+			c.stats.Retried++
+			c.work = append(c.work, &batch{items: []*item{it}, entry: true})
+			c.inFlightEntries[e.Seq] = true // reserved until sent
+		}
+	}
+	switch next, ok, err := c.cons.NextDue(); {
+	case err != nil:
+		c.nextDue = now.Add(time.Second)
+	case left || len(due) == 256:
+		c.nextDue = now.Add(50 * time.Millisecond)
+	case ok:
+		c.nextDue = time.Unix(0, next)
+		if !c.nextDue.After(now) {
+			c.nextDue = now.Add(50 * time.Millisecond) // due but in flight
+		}
+	default:
+		c.nextDue = now.Add(time.Hour)
+	}
+}
+
+// drainKey sends a key's next stored entries after its head settled; with
+// none left, it lifts the barrier and lets the key's window events go.
+func (c *core) drainKey(ks *keyState, now time.Time) {
+	ents, err := c.cons.KeyEntries([]byte(ks.key), c.cfg.BatchSize)
+	if err != nil {
+		c.logger.Error("cannot read key entries", "destination", c.cfg.Name, "err", err)
+		c.queueDrain(ks)
+		return
+	}
+	var items []*item
+	for i := range ents {
+		e := &ents[i]
+		if c.inFlightEntries[e.Seq] {
+			return // already on its way
+		}
+		if e.State == engine.StateFailed && e.Flags&engine.EntryReplayed == 0 && e.DueAt > now.UnixNano() {
+			break // the head waits for its retry time
+		}
+		if it := c.loadEntry(e, now); it != nil {
+			items = append(items, it)
+		}
+	}
+	if len(items) > 0 {
+		for _, it := range items {
+			c.inFlightEntries[it.seq] = true
+		}
+		c.work = append(c.work, &batch{items: items, entry: true})
+		return
+	}
+	if len(ents) > 0 || ks.failedWindow > 0 {
+		return // still blocked by a stored failure (Due brings it back) or one in the window
+	}
+	c.txn.ClearBarrier([]byte(ks.key))
+	c.flush(now, true)
+	ks.blocked = false
+	c.markReady(ks)
+	c.forget(ks)
+}
+
+// loadEntry reads a stored entry's event. An event older than MaxAge is
+// aborted instead; one whose payload is unreadable is aborted with that
+// reason.
+func (c *core) loadEntry(e *engine.Entry, now time.Time) *item {
+	rec, err := c.log.Read(e.Seq, e.Pos)
+	it := &item{seq: e.Seq, pos: e.Pos, key: string(e.Key), entry: e, attempts: e.Attempts, first: e.FirstFailure,
+		last: e.LastAttempt, status: e.LastStatus, reason: e.Reason, response: e.Response,
+		replayed: e.Flags&engine.EntryReplayed != 0}
+	if err != nil {
+		it.ev = Event{Seq: e.Seq, Key: e.Key, ReceivedAt: e.ReceivedAt}
+		if errors.Is(err, engine.ErrNotFound) || errors.Is(err, engine.ErrCorrupt) {
+			c.abort(it, Result{}, "payload unreadable: "+err.Error(), now)
+			c.afterEntryFinal(it, now)
+		} else {
+			c.logger.Error("cannot read event for retry", "destination", c.cfg.Name, "seq", e.Seq, "err", err)
+		}
+		return nil
+	}
+	full := newItem(&rec)
+	it.buf, it.ev, it.size = full.buf, full.ev, full.size
+	if now.Sub(time.Unix(0, it.ev.ReceivedAt)) > c.pol.MaxAge {
+		c.stats.Expired++
+		c.abort(it, Result{}, fmt.Sprintf("expired: older than max_age %v", c.pol.MaxAge), now)
+		c.afterEntryFinal(it, now)
+		return nil
+	}
+	return it
+}
+
+// afterEntryFinal continues a key's queue after an entry became final
+// without being sent.
+func (c *core) afterEntryFinal(it *item, now time.Time) {
+	if !c.cfg.Ordering || it.replayed {
+		return
+	}
+	ks := c.keyState(it.key)
+	c.queueDrain(ks)
+}
+
+// nextWake is when poll may have new work without new input.
+func (c *core) nextWake(now time.Time) time.Time {
+	wake := now.Add(time.Second)
+	if c.throttledUntil.After(now) {
+		wake = minTime(wake, c.throttledUntil)
+	}
+	if c.health.state == BackingOff {
+		wake = minTime(wake, c.health.until)
+	}
+	if !c.nextDue.IsZero() {
+		wake = minTime(wake, c.nextDue)
+	}
+	if !c.txn.Empty() {
+		wake = minTime(wake, c.lastFlush.Add(c.cfg.FlushInterval))
+	}
+	if c.rate != nil && (len(c.ready) > 0 || len(c.loose) > 0) {
+		wake = minTime(wake, now.Add(max(c.rate.wait(1), time.Millisecond)))
+	}
+	return wake
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// windowFull reports whether reading ahead has stopped for room.
+func (c *core) windowFull() bool {
+	return len(c.window)-c.head >= c.cfg.WindowEvents || c.winSize >= c.cfg.WindowBytes
+}

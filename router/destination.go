@@ -1,0 +1,58 @@
+package router
+
+import (
+	"context"
+	"time"
+)
+
+// Event is what a destination receives: one stored event. Its byte slices
+// are valid only during Send.
+type Event struct {
+	Seq        uint64
+	MessageID  []byte
+	Key        []byte
+	Type       []byte
+	Source     []byte
+	ReceivedAt int64 // Unix ns
+	Payload    []byte
+}
+
+// Result is the outcome of one Send.
+type Result struct {
+	// Status is the response status (HTTP or HTTP-like); 0 when there was
+	// no response (Err says why).
+	Status int
+	// Err is a transport error: connection refused, reset, timeout.
+	Err error
+	// Ambiguous is true when the destination may have received the events
+	// despite the failure (a timeout after the request was written).
+	Ambiguous bool
+	// RetryAfter is the destination's requested pause (429/503), if any.
+	RetryAfter time.Duration
+	// Body is the start of the response body, for dead letters.
+	Body []byte
+}
+
+// Destination delivers events somewhere. Send delivers a batch as a whole:
+// one result for all of it. It must be safe for concurrent use, honour ctx,
+// and never keep the events' bytes after returning.
+type Destination interface {
+	Send(ctx context.Context, events []Event) Result
+	Close() error
+}
+
+// Clock is the router's time source; the simulator substitutes a virtual
+// one.
+type Clock interface {
+	Now() time.Time
+}
+
+// Rand is the router's randomness (backoff jitter).
+type Rand interface {
+	// Int64N returns a number in [0, n).
+	Int64N(n int64) int64
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }

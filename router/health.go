@@ -1,0 +1,183 @@
+package router
+
+import (
+	"time"
+)
+
+// BreakerState is a destination's health as the router sees it.
+type BreakerState uint8
+
+const (
+	// Healthy: dispatching freely.
+	Healthy BreakerState = iota
+	// BackingOff: the destination looked down; nothing is sent until the
+	// backoff ends.
+	BackingOff
+	// Probing: one event is in flight to test the destination.
+	Probing
+)
+
+func (s BreakerState) String() string { return [...]string{"healthy", "backing_off", "probing"}[s] }
+
+// health tracks recent attempts and the breaker. It tells a message
+// problem (one event failing while others succeed: charge the event) from a
+// destination problem (many unrelated events failing: back off, charge
+// nothing).
+type health struct {
+	p        *Policy
+	ring     []attempt
+	next     int
+	state    BreakerState
+	until    time.Time // end of the current backoff
+	failures int       // consecutive breaker openings, for the backoff
+	opened   uint64    // total openings, for metrics
+}
+
+type attempt struct {
+	ok  bool
+	key string
+}
+
+func newHealth(p *Policy) *health {
+	return &health{p: p, ring: make([]attempt, 0, p.HealthWindow)}
+}
+
+func (h *health) record(ok bool, key string) {
+	a := attempt{ok, key}
+	if len(h.ring) < cap(h.ring) {
+		h.ring = append(h.ring, a)
+		return
+	}
+	h.ring[h.next] = a
+	h.next = (h.next + 1) % len(h.ring)
+}
+
+// looksDown reports whether recent failures say the destination is down.
+func (h *health) looksDown() bool {
+	fails := 0
+	var k1, k2 string
+	for _, a := range h.ring {
+		if a.ok {
+			continue
+		}
+		fails++
+		if k1 == "" || a.key == k1 {
+			k1 = a.key
+		} else {
+			k2 = a.key
+		}
+	}
+	return fails >= h.p.FailureMin && k2 != "" && float64(fails) >= h.p.FailureRatio*float64(len(h.ring))
+}
+
+// success records a delivered attempt; a probe's success closes the breaker.
+func (h *health) success(key string) {
+	h.record(true, key)
+	if h.state != Healthy {
+		h.state, h.failures = Healthy, 0
+		h.ring = h.ring[:0]
+		h.next = 0
+	}
+}
+
+// failure records a retryable failure and reports whether it is charged to
+// the event (a message problem) or not (the destination is down: the
+// breaker is open now).
+func (h *health) failure(key string, now time.Time, rnd Rand) (charged bool) {
+	if h.state != Healthy {
+		h.open(now, rnd)
+		return false
+	}
+	h.record(false, key)
+	if h.looksDown() {
+		h.open(now, rnd)
+		return false
+	}
+	return true
+}
+
+func (h *health) open(now time.Time, rnd Rand) {
+	h.failures++
+	h.opened++
+	h.state = BackingOff
+	h.until = now.Add(h.p.backoff(h.failures, rnd))
+}
+
+// admit reports whether a new request may start now, given how many are in
+// flight; when the backoff has ended it admits exactly one probe.
+func (h *health) admit(now time.Time, inFlight int) bool {
+	switch h.state {
+	case Healthy:
+		return true
+	case BackingOff:
+		if now.Before(h.until) || inFlight > 0 {
+			return false
+		}
+		h.state = Probing
+		return true
+	default: // Probing: one at a time
+		return false
+	}
+}
+
+// aimd is adaptive request concurrency (as Vector's): the limit grows by
+// one while requests at the limit are as fast as usual, and shrinks by 10%
+// on throttling, errors or requests far slower than usual.
+type aimd struct {
+	limit, max float64
+	ewma       float64 // latency moving average, seconds
+}
+
+func newAIMD(initial, max int) *aimd {
+	return &aimd{limit: float64(initial), max: float64(max)}
+}
+
+func (a *aimd) Limit() int { return max(1, int(a.limit)) }
+
+func (a *aimd) observe(latency time.Duration, inFlight int, bad bool) {
+	l := latency.Seconds()
+	slow := a.ewma > 0 && l > 2*a.ewma
+	if a.ewma == 0 {
+		a.ewma = l
+	} else {
+		a.ewma = 0.9*a.ewma + 0.1*l
+	}
+	switch {
+	case bad || slow:
+		a.limit = max(1, a.limit*0.9)
+	case inFlight >= a.Limit() && l <= a.ewma*1.1:
+		a.limit = min(a.max, a.limit+1)
+	}
+}
+
+// bucket is a token bucket for an optional static rate limit.
+type bucket struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func (b *bucket) take(now time.Time, n int) bool {
+	if b == nil {
+		return true
+	}
+	if !b.last.IsZero() {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	} else {
+		b.tokens = b.burst
+	}
+	b.last = now
+	if b.tokens < float64(n) && b.tokens < b.burst {
+		return false
+	}
+	b.tokens -= float64(n)
+	return true
+}
+
+// wait returns how long until n tokens are there.
+func (b *bucket) wait(n int) time.Duration {
+	need := min(float64(n), b.burst) - b.tokens
+	if need <= 0 {
+		return 0
+	}
+	return time.Duration(need / b.rate * float64(time.Second))
+}

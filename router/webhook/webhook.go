@@ -1,0 +1,162 @@
+// Package webhook is the HTTP destination: each delivery is a POST (or the
+// configured method) of one event's JSON, or of a JSON array of events when
+// the destination batches, over pooled keep-alive connections.
+//
+// Headers on every request: Content-Type: application/json, the configured
+// headers, X-Sluice-Message-Id (single-event requests) or
+// X-Sluice-Batch-Size (batches), and, with a secret, X-Sluice-Signature:
+// sha256=<hex HMAC-SHA256 of the body>.
+package webhook
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/sluice-cdi/sluice/router"
+)
+
+// Config configures a webhook destination.
+type Config struct {
+	// URL receives the requests. Required; http or https.
+	URL string
+	// Method is the HTTP method. Default POST.
+	Method string
+	// Headers are added to every request.
+	Headers map[string]string
+	// Batch sends a JSON array (even of one event); otherwise each request
+	// carries one event object.
+	Batch bool
+	// Secret, if set, signs each body with HMAC-SHA256.
+	Secret string
+	// ConnsMax bounds connections to the host. Default 512.
+	ConnsMax int
+	// Timeout bounds a request when the caller's context has no deadline.
+	// Default 30s.
+	Timeout time.Duration
+}
+
+// Webhook sends events over HTTP. Safe for concurrent use.
+type Webhook struct {
+	cfg    Config
+	client *fasthttp.Client
+	bufs   sync.Pool
+}
+
+// New checks the config and returns the destination.
+func New(cfg Config) (*Webhook, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("webhook: url %q must be an absolute http(s) URL", cfg.URL)
+	}
+	if cfg.Method == "" {
+		cfg.Method = fasthttp.MethodPost
+	}
+	if cfg.ConnsMax == 0 {
+		cfg.ConnsMax = 512
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 30 * time.Second
+	}
+	return &Webhook{cfg: cfg, client: &fasthttp.Client{
+		Name:                     "sluice",
+		MaxConnsPerHost:          cfg.ConnsMax,
+		MaxIdleConnDuration:      90 * time.Second,
+		MaxResponseBodySize:      1 << 20,
+		NoDefaultUserAgentHeader: false,
+		RetryIfErr:               func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
+	}}, nil
+}
+
+// Send delivers events as one request.
+func (w *Webhook) Send(ctx context.Context, events []router.Event) router.Result {
+	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(resp)
+	req.SetRequestURI(w.cfg.URL)
+	req.Header.SetMethod(w.cfg.Method)
+	req.Header.SetContentType("application/json")
+	for k, v := range w.cfg.Headers {
+		req.Header.Set(k, v)
+	}
+	bp, _ := w.bufs.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	body := (*bp)[:0]
+	if w.cfg.Batch {
+		body = append(body, '[')
+		for i, ev := range events {
+			if i > 0 {
+				body = append(body, ',')
+			}
+			body = append(body, ev.Payload...)
+		}
+		body = append(body, ']')
+		req.Header.Set("X-Sluice-Batch-Size", strconv.Itoa(len(events)))
+	} else {
+		if len(events) != 1 {
+			return router.Result{Err: fmt.Errorf("webhook: %d events for a non-batching destination", len(events))}
+		}
+		body = append(body, events[0].Payload...)
+		req.Header.SetBytesV("X-Sluice-Message-Id", events[0].MessageID)
+	}
+	if w.cfg.Secret != "" {
+		mac := hmac.New(sha256.New, []byte(w.cfg.Secret))
+		mac.Write(body)
+		req.Header.Set("X-Sluice-Signature", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	}
+	req.SetBodyRaw(body)
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(w.cfg.Timeout)
+	}
+	err := w.client.DoDeadline(req, resp, deadline)
+	*bp = body
+	w.bufs.Put(bp)
+	if err != nil {
+		// A timeout after the request went out may have been delivered.
+		ambiguous := errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrConnectionClosed)
+		return router.Result{Err: fmt.Errorf("webhook: %w", err), Ambiguous: ambiguous}
+	}
+	res := router.Result{Status: resp.StatusCode(), Body: bytes.Clone(capped(resp.Body()))}
+	if ra := resp.Header.Peek("Retry-After"); len(ra) > 0 {
+		res.RetryAfter = parseRetryAfter(ra, time.Now())
+	}
+	return res
+}
+
+func capped(b []byte) []byte {
+	const max = 4096
+	if len(b) > max {
+		return b[:max]
+	}
+	return b
+}
+
+// parseRetryAfter reads seconds or an HTTP date; capped at one hour.
+func parseRetryAfter(v []byte, now time.Time) time.Duration {
+	var d time.Duration
+	if n, err := strconv.Atoi(string(v)); err == nil {
+		d = time.Duration(n) * time.Second
+	} else if t, err := time.Parse(time.RFC1123, string(v)); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), time.Hour)
+}
+
+// Close releases idle connections.
+func (w *Webhook) Close() error {
+	w.client.CloseIdleConnections()
+	return nil
+}
