@@ -97,6 +97,18 @@ func (e *Engine) DropConsumer(name string) error {
 		return fmt.Errorf("cannot drop consumer %q: %w", name, ErrNotFound)
 	}
 	b := e.db.NewBatch()
+	defer b.Close()
+	// Straggler copies that only this consumer's entries needed go too.
+	for _, p := range []byte{prefixEntry, prefixAborted} {
+		var serr error
+		err := e.scanEntries(p, c.id, 0, func(en Entry) bool {
+			serr = e.dropStragglerIfUnused(b, c.id, en)
+			return serr == nil
+		})
+		if err = errors.Join(err, serr); err != nil {
+			return fmt.Errorf("cannot drop consumer %q: %w", name, err)
+		}
+	}
 	b.Delete(consumerKey(name), nil)
 	b.Delete(cursorKey(c.id), nil)
 	for _, p := range []byte{prefixEntry, prefixDue, prefixKeyIndex, prefixBarrier, prefixAborted} {
@@ -298,8 +310,9 @@ func (c *Consumer) Barrier(key []byte) (uint64, bool, error) {
 	return binary.BigEndian.Uint64(v), true, nil
 }
 
-// Barriers calls fn for every barrier (key, head seq), in key order. The key
-// is valid only during the call.
+// Barriers calls fn for every barrier (key, head seq), in index order:
+// shorter keys first, then bytewise (the key's length precedes it in the
+// index key). The key is valid only during the call.
 func (c *Consumer) Barriers(fn func(key []byte, head uint64) error) error {
 	lo := prefixCID(prefixBarrier, c.id)
 	it, err := c.e.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(lo)})
@@ -322,6 +335,9 @@ func (c *Consumer) Barriers(fn func(key []byte, head uint64) error) error {
 // Aborted returns up to limit aborted entries with seq > after, in seq
 // order, that match (nil matches all): one page of the dead letters.
 func (c *Consumer) Aborted(after uint64, limit int, match func(*Entry) bool) ([]Entry, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
 	var out []Entry
 	err := c.e.scanEntries(prefixAborted, c.id, after+1, func(en Entry) bool {
 		if match == nil || match(&en) {

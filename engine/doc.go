@@ -64,7 +64,10 @@
 // segment frame by frame and cuts it at the first bad frame (a torn tail,
 // beyond the last acknowledged record because acknowledgement follows
 // fsync), replays the log past the dedup checkpoint into the dedup index,
-// and loads cursors and entry counts from the index alone. It always starts
+// and loads cursors and entry counts from the index alone. The dedup
+// checkpoint is committed after each group's fsync: a log that ends before
+// it lost acknowledged records (damage, a deleted file), which are reported
+// (Stats.LostRecords) and whose seqs are never reused. It always starts
 // a fresh active segment. Corruption inside a sealed segment is found when
 // it is read: the rest of that segment is reported (Stats.LostRecords and an
 // error log line) and skipped.

@@ -281,7 +281,7 @@ func (e *Engine) breakLocked(err error) error {
 func (e *Engine) readyLocked() error {
 	if e.broken != nil || e.file == nil || e.active.sealed.Load() {
 		if err := e.rotateLocked(); err != nil {
-			return fmt.Errorf("cannot append: %w: %w", ErrUnavailable, err)
+			return e.breakLocked(err)
 		}
 		if e.broken != nil {
 			e.log.Info("storage recovered; appends resume", "segment", e.active.id)
@@ -291,7 +291,8 @@ func (e *Engine) readyLocked() error {
 	}
 	if e.active.size.Load() >= e.opts.SegmentBytesMax || int64(e.active.records()) >= e.opts.SegmentRecordsMax {
 		if err := e.rotateLocked(); err != nil {
-			return fmt.Errorf("cannot append: %w: %w", ErrUnavailable, err)
+			// Unhealthy like a failed write: the next append retries.
+			return e.breakLocked(err)
 		}
 	}
 	return nil

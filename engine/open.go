@@ -24,8 +24,8 @@ func Open(opts Options) (*Engine, error) {
 	fs := o.FS
 	logDir, idxDir := fs.PathJoin(o.Dir, "log"), fs.PathJoin(o.Dir, "index")
 	for _, d := range []string{o.Dir, logDir, idxDir} {
-		if err := fs.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("cannot create %s: %w", d, err)
+		if err := mkdirAllSynced(fs, d); err != nil {
+			return nil, err
 		}
 	}
 	cache := pebble.NewCache(o.IndexCacheBytes)
@@ -63,6 +63,28 @@ func Open(opts Options) (*Engine, error) {
 	return e, nil
 }
 
+// mkdirAllSynced creates dir and its missing parents, syncing each parent
+// after creating a directory in it: without that the new directory entries
+// (and so every file below them) may be gone after a crash.
+func mkdirAllSynced(fs vfs.FS, dir string) error {
+	if _, err := fs.Stat(dir); err == nil {
+		return nil
+	}
+	parent := fs.PathDir(dir)
+	if parent != dir && parent != "" {
+		if err := mkdirAllSynced(fs, parent); err != nil {
+			return err
+		}
+	}
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("cannot create %s: %w", dir, err)
+	}
+	if parent == dir || parent == "" {
+		return nil
+	}
+	return syncDir(fs, parent)
+}
+
 func (e *Engine) recover() error {
 	if err := e.checkVersion(); err != nil {
 		return err
@@ -83,6 +105,9 @@ func (e *Engine) recover() error {
 		e.nextSeq = last.lastSeq.Load() + 1
 		e.active = last
 	}
+	if err := e.checkLogEnd(); err != nil {
+		return err
+	}
 	e.hwm.Store(e.nextSeq - 1)
 	if err := e.recoverDedup(); err != nil {
 		return err
@@ -96,6 +121,31 @@ func (e *Engine) recover() error {
 		return err
 	}
 	e.refreshDiskUsage()
+	return nil
+}
+
+// checkLogEnd compares the recovered end of the log with the dedup
+// checkpoint, which each group commits after its fsync: seqs up to it were
+// acknowledged. A log ending before it lost acknowledged records (damage in
+// the active segment, a deleted file), not a torn tail: they are reported,
+// and their seqs are never given to new records.
+func (e *Engine) checkLogEnd() error {
+	v, closer, err := e.db.Get(keyDedupCkpt)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cannot read dedup checkpoint: %w", err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return nil
+	}
+	if ckpt := binary.BigEndian.Uint64(v); ckpt >= e.nextSeq {
+		e.stats.lostRecords.Add(ckpt - e.nextSeq + 1)
+		e.log.Error("log ends before acknowledged records; they are lost", "first_seq", e.nextSeq, "last_seq", ckpt)
+		e.nextSeq = ckpt + 1
+	}
 	return nil
 }
 
@@ -202,10 +252,11 @@ func (e *Engine) scanTail(s *segment) error {
 		return fmt.Errorf("cannot read segment %d header: %w", s.id, err)
 	}
 	if id, base, err := decodeSegmentHeader(hdr); err != nil || id != s.id || base != s.baseSeq {
-		// The header was synced before the manifest named the file; a bad
-		// one means the file holds nothing we acknowledged.
-		e.log.Warn("active segment header invalid; treating it as empty", "segment", s.id, "err", err)
-		return nil
+		// The header was synced before the manifest named the file, so no
+		// crash tears it: it was damaged since. Its frames may still hold
+		// acknowledged records, and they check themselves (checksum, and
+		// seqs from the manifest's baseSeq), so scan them anyway.
+		e.log.Error("active segment header invalid; scanning its frames anyway", "segment", s.id, "header_id", id, "header_base_seq", base, "err", err)
 	}
 	sc := newFrameScanner(f, s.baseSeq, segmentHeaderLen, st.Size(), e.opts.RecordBytesMax)
 	for {

@@ -161,9 +161,10 @@ func (r *Reader) open(s *segment, off int64, seq uint64) error {
 	return nil
 }
 
-// Next appends up to max records to dst and returns it. It returns fewer
-// (possibly none) when it reaches the durable end of the log. The records'
-// byte slices are valid until the next call to Next or Close.
+// Next appends up to max records to dst and returns it. It may return fewer
+// than max before the end (the records of one call share one buffer); it
+// returns none only at the durable end of the log. The records' byte slices
+// are valid until the next call to Next or Close.
 func (r *Reader) Next(dst []Record, max int) ([]Record, error) {
 	start := len(dst)
 	for len(dst)-start < max {

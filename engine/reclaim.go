@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 
@@ -67,6 +68,7 @@ func (e *Engine) deleteSegment(s *segment, consumers []*Consumer) error {
 	defer b.Close()
 	first, last := s.baseSeq, s.lastSeq.Load()
 	moved := make(map[uint64]bool)
+	unreadable := make(map[uint64]bool)
 	for _, c := range consumers {
 		for _, p := range []byte{prefixEntry, prefixAborted} {
 			var ferr error
@@ -74,10 +76,21 @@ func (e *Engine) deleteSegment(s *segment, consumers []*Consumer) error {
 				if en.Seq > last {
 					return false
 				}
-				if moved[en.Seq] {
+				if moved[en.Seq] || unreadable[en.Seq] {
 					return true
 				}
-				_, frame, err := e.readRawFrame(s, en.Pos.Offset())
+				rec, frame, err := e.readRawFrame(s, en.Pos.Offset())
+				if err == nil && (en.Pos.Segment() != s.id || rec.Seq != en.Seq) {
+					err = fmt.Errorf("entry Pos %s holds seq %d: %w", en.Pos, rec.Seq, ErrCorrupt)
+				}
+				if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) {
+					// Unreadable for good: keeping the segment for it would
+					// pin it, and every later one, forever.
+					e.stats.lostRecords.Add(1)
+					e.log.Error("straggler unreadable; its event is lost", "seq", en.Seq, "segment", s.id, "err", err)
+					unreadable[en.Seq] = true
+					return true
+				}
 				if err != nil {
 					ferr = fmt.Errorf("cannot move straggler %d out of segment %d: %w", en.Seq, s.id, err)
 					return false
