@@ -1,7 +1,13 @@
 // Command sluice runs the Sluice data plane.
 //
-//	sluice serve [--config FILE]   run ingest (and delivery) until SIGTERM/SIGINT
-//	sluice version                 print the version
+//	sluice serve [--config FILE]          run ingest and delivery until SIGTERM/SIGINT
+//	sluice status                         destinations: state, backlog, counts
+//	sluice dlq list|replay|purge ...      dead letters of a destination
+//	sluice pause|resume DESTINATION       stop or restart dispatching
+//	sluice version                        print the version
+//
+// The operations commands talk to the admin API (--admin, --token or
+// --config).
 //
 // With no --config, serve uses examples/quickstart.yaml (looked up next to
 // the working directory and the binary).
@@ -27,6 +33,8 @@ import (
 	"github.com/sluice-cdi/sluice/router"
 )
 
+const usageText = "usage: sluice serve [--config FILE] | status | dlq list|replay|purge | pause|resume DESTINATION | version"
+
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
@@ -36,17 +44,23 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: sluice serve [--config FILE] | sluice version")
+		fmt.Fprintln(stderr, usageText)
 		return 2
 	}
 	switch args[0] {
 	case "serve":
 		return serveCmd(args[1:], stderr)
+	case "status":
+		return statusCmd(args[1:], stdout, stderr)
+	case "dlq":
+		return dlqCmd(args[1:], stdout, stderr)
+	case "pause", "resume":
+		return pauseCmd(args[0], args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "sluice: unknown command %q\nusage: sluice serve [--config FILE] | sluice version\n", args[0])
+		fmt.Fprintf(stderr, "sluice: unknown command %q\n%s\n", args[0], usageText)
 		return 2
 	}
 }
