@@ -277,19 +277,19 @@ func (s *Server) gunzip(st *reqState, in []byte) ([]byte, error) {
 // parse authenticates the request and builds its events into st.b.
 func (s *Server) parse(ctx *fasthttp.RequestCtx, st *reqState, body []byte, ep endpoint) (int, string) {
 	st.key = s.headerOrQueryKey(ctx, st.key[:0])
-	start, end, err := jsonscan.Document(body)
-	if err != nil {
-		s.metrics.reject("invalid_json", 1)
-		return fasthttp.StatusBadRequest, err.Error()
-	}
-	if body[start] != '{' {
+	start := jsonscan.SkipSpace(body, 0)
+	if start >= len(body) || body[start] != '{' {
+		if _, _, err := jsonscan.Document(body); err != nil {
+			s.metrics.reject("invalid_json", 1)
+			return fasthttp.StatusBadRequest, err.Error()
+		}
 		s.metrics.reject("invalid_json", 1)
 		return fasthttp.StatusBadRequest, "body must be a JSON object"
 	}
-	body = body[:end]
 	st.bc = batchContext{}
 	var batch span
-	jsonscan.Object(body, start, func(ks, ke int, esc bool, vs, ve int) error {
+	// One pass validates the whole body and finds the top-level members.
+	end, err := jsonscan.Object(body, start, func(ks, ke int, esc bool, vs, ve int) error {
 		switch string(body[ks:ke]) {
 		case "writeKey":
 			if len(st.key) == 0 && body[vs] == '"' {
@@ -310,6 +310,14 @@ func (s *Server) parse(ctx *fasthttp.RequestCtx, st *reqState, body []byte, ep e
 		}
 		return nil
 	})
+	if err == nil && jsonscan.SkipSpace(body, end) != len(body) {
+		_, _, err = jsonscan.Document(body) // names the trailing data
+	}
+	if err != nil {
+		s.metrics.reject("invalid_json", 1)
+		return fasthttp.StatusBadRequest, err.Error()
+	}
+	body = body[:end]
 	src, ok := s.keys[string(st.key)]
 	if !ok {
 		s.metrics.reject("unauthorized", 1)

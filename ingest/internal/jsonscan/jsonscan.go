@@ -8,6 +8,7 @@
 package jsonscan
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"unicode/utf8"
@@ -119,9 +120,16 @@ func String(b []byte, i int) (end int, escaped bool, err error) {
 	if i >= len(b) || b[i] != '"' {
 		return i, false, syntaxErr(i, "expected string")
 	}
-	for j := i + 1; j < len(b); j++ {
-		c := b[j]
-		switch {
+	j := i + 1
+	for {
+		// Skip 8 plain bytes at a time: no quote, backslash or control.
+		for j+8 <= len(b) && !special(binary.LittleEndian.Uint64(b[j:])) {
+			j += 8
+		}
+		if j >= len(b) {
+			return len(b), escaped, syntaxErr(len(b), "unterminated string")
+		}
+		switch c := b[j]; {
 		case c == '"':
 			return j + 1, escaped, nil
 		case c == '\\':
@@ -143,8 +151,18 @@ func String(b []byte, i int) (end int, escaped bool, err error) {
 		case c < 0x20:
 			return j, escaped, syntaxErr(j, "control character in string")
 		}
+		j++
 	}
-	return len(b), escaped, syntaxErr(len(b), "unterminated string")
+}
+
+// special reports whether any of the 8 bytes in x is a quote, a backslash
+// or a control character (SWAR: no byte at or above 0x80 matches).
+func special(x uint64) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	less := (x - lo*0x20) & ^x & hi
+	q := x ^ (lo * '"')
+	bs := x ^ (lo * '\\')
+	return less|((q-lo)&^q&hi)|((bs-lo)&^bs&hi) != 0
 }
 
 func isHex4(h []byte) bool {
