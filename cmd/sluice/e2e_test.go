@@ -170,8 +170,8 @@ func freePort(t *testing.T) int {
 }
 
 // writeConfig writes a config for listen and dataDir with both sources and
-// one file destination (registered as a consumer; there is no router yet).
-func writeConfig(t *testing.T, listen, dataDir string) string {
+// one file destination, plus extraDests.
+func writeConfig(t *testing.T, listen, dataDir, extraDests string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`# written by cmd/sluice/e2e_test.go
 listen: %q
@@ -188,7 +188,7 @@ destinations:
     type: file
     config:
       path: %q
-`, listen, dataDir, srcWeb.name, srcWeb.key, srcMobile.name, srcMobile.key, filepath.Join(dataDir, "out", "events.jsonl"))
+%s`, listen, dataDir, srcWeb.name, srcWeb.key, srcMobile.name, srcMobile.key, filepath.Join(dataDir, "out", "events.jsonl"), extraDests)
 	path := filepath.Join(t.TempDir(), "sluice.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -201,10 +201,17 @@ destinations:
 // the test has not stopped or killed it) and asserts it exits 0.
 func startServer(t *testing.T, dataDir string) *sluiceProc {
 	t.Helper()
+	return startServerWith(t, dataDir, "")
+}
+
+// startServerWith is startServer with more destinations (YAML list items
+// under destinations:, indented by two spaces).
+func startServerWith(t *testing.T, dataDir, extraDests string) *sluiceProc {
+	t.Helper()
 	bin := sluiceBinary(t)
 	var lastLogs string
 	for attempt := range 3 { // the free port may be taken meanwhile
-		p, err := tryStart(t, bin, dataDir)
+		p, err := tryStart(t, bin, dataDir, extraDests)
 		if err == nil {
 			return p
 		}
@@ -218,10 +225,10 @@ func startServer(t *testing.T, dataDir string) *sluiceProc {
 	return nil
 }
 
-func tryStart(t *testing.T, bin, dataDir string) (*sluiceProc, error) {
+func tryStart(t *testing.T, bin, dataDir, extraDests string) (*sluiceProc, error) {
 	t.Helper()
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-	cfgPath := writeConfig(t, addr, dataDir)
+	cfgPath := writeConfig(t, addr, dataDir, extraDests)
 	p := &sluiceProc{dataDir: dataDir, addr: addr, url: "http://" + addr, logs: &syncBuffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, "serve", "--config", cfgPath)
 	p.cmd.Dir = filepath.Dir(cfgPath)

@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-cdi/sluice/bench/sink"
+	"github.com/sluice-cdi/sluice/engine"
+)
+
+// TestE2EDeliveryWithFaults runs the real binary against a real HTTP sink
+// that has an outage window, a 429 burst, slow answers and 1% poison
+// events, and kills the binary with SIGKILL halfway. Every acknowledged
+// event must reach the sink or be a dead letter with a reason (exactly the
+// poison ones), and for every user the first arrivals are in order.
+func TestE2EDeliveryWithFaults(t *testing.T) {
+	const users, perUser, poisonPercent = 16, 60, 1.0
+	sk := sink.New(sink.Config{
+		PoisonPercent: poisonPercent,
+		Faults: []sink.Fault{
+			{Kind: sink.Outage, From: 800 * time.Millisecond, To: 2 * time.Second},
+			{Kind: sink.Throttle, From: 3 * time.Second, To: 3500 * time.Millisecond, RetryAfter: time.Second},
+			{Kind: sink.Slow, From: 4 * time.Second, To: 5 * time.Second, Latency: 20 * time.Millisecond},
+		},
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go sk.Serve(ln)
+	defer sk.Close()
+	dest := fmt.Sprintf(`  - name: hook
+    type: webhook
+    batch_size: 10
+    timeout: 5s
+    retry:
+      min_attempts: 3
+      backoff_initial: 100ms
+      backoff_max: 1s
+    config:
+      url: http://%s/ingest
+`, ln.Addr())
+	dataDir := t.TempDir()
+	srv := startServerWith(t, dataDir, dest)
+	sk.Reset()
+
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	var cur struct {
+		sync.RWMutex
+		p *sluiceProc
+	}
+	cur.p = srv
+	client := &http.Client{Timeout: 5 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for u := range users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(u), 7))
+			for n := 0; n < perUser; n++ {
+				mid := fmt.Sprintf("dlv-%d-%d", u, n)
+				body := fmt.Sprintf(`{"type":"track","anonymousId":"user-%d","event":"E","messageId":%q,"properties":{"n":%d}}`, u, mid, n)
+				for attempt := 0; ; attempt++ { // retry until acknowledged, like an SDK
+					cur.RLock()
+					p := cur.p
+					cur.RUnlock()
+					status, _ := post(ctx, client, p.url+"/v1/track", srcWeb, []byte(body))
+					if status == 200 {
+						mu.Lock()
+						acked[mid] = true
+						mu.Unlock()
+						break
+					}
+					if ctx.Err() != nil || attempt > 400 {
+						t.Errorf("event %s never acknowledged", mid)
+						return
+					}
+					time.Sleep(25 * time.Millisecond)
+				}
+				time.Sleep(time.Duration(rng.IntN(60)) * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(1500 * time.Millisecond) // inside the outage
+	srv.kill(t)
+	restarted := startServerWith(t, dataDir, dest)
+	cur.Lock()
+	cur.p = restarted
+	cur.Unlock()
+	wg.Wait()
+
+	// Wait until every acknowledged event arrived or is poison.
+	deadline := time.Now().Add(45 * time.Second)
+	var missing []string
+	for time.Now().Before(deadline) {
+		missing = missing[:0]
+		mu.Lock()
+		for mid := range acked {
+			if sk.Arrived(mid) == 0 && !sink.IsPoison(mid, poisonPercent) {
+				missing = append(missing, mid)
+			}
+		}
+		mu.Unlock()
+		if len(missing) == 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(missing) > 0 {
+		t.Fatalf("%d acknowledged events never delivered, e.g. %v; sink %+v", len(missing), missing[:min(5, len(missing))], sk.Report())
+	}
+	time.Sleep(500 * time.Millisecond) // let the last poison aborts be recorded
+	restarted.stop(t)
+
+	rep := sk.Report()
+	if len(rep.OrderViolations) > 0 {
+		t.Fatalf("per-user order broken: %v", rep.OrderViolations[:min(5, len(rep.OrderViolations))])
+	}
+	aborted := deadLetters(t, dataDir, "hook")
+	for mid := range acked {
+		if sink.IsPoison(mid, poisonPercent) {
+			reason, ok := aborted[mid]
+			if !ok {
+				t.Errorf("poison event %s is not a dead letter", mid)
+			} else if !strings.Contains(reason, "400") {
+				t.Errorf("poison event %s aborted with reason %q", mid, reason)
+			}
+		}
+	}
+	for mid, reason := range aborted {
+		if !sink.IsPoison(mid, poisonPercent) {
+			t.Errorf("healthy event %s aborted: %s", mid, reason)
+		}
+	}
+	t.Logf("acked %d, sink %+v, dead letters %d", len(acked), rep, len(aborted))
+}
+
+// deadLetters opens the stopped server's store and returns the aborted
+// events of a destination: messageId -> reason.
+func deadLetters(t *testing.T, dataDir, dest string) map[string]string {
+	t.Helper()
+	eng, err := engine.Open(engine.Options{Dir: dataDir, ReclaimInterval: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	c, err := eng.Consumer(dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, err := c.Aborted(0, 1_000_000, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, e := range ents {
+		rec, err := eng.Read(e.Seq, e.Pos)
+		if err != nil {
+			t.Fatalf("dead letter %d unreadable: %v", e.Seq, err)
+		}
+		out[string(rec.MessageID)] = e.Reason
+	}
+	return out
+}
