@@ -120,6 +120,10 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("options: SegmentRecordsMax %d must be positive", o.SegmentRecordsMax)
 	case o.RecordBytesMax < 64 || int64(o.RecordBytesMax) > o.SegmentBytesMax:
 		return o, fmt.Errorf("options: RecordBytesMax %d must be in [64, SegmentBytesMax]", o.RecordBytesMax)
+	case o.SegmentBytesMax+int64(o.GroupBytesMax) > segmentBytesCap:
+		// A segment is cut between groups, so it may overshoot by a group;
+		// offsets must still fit Pos's 32 bits.
+		return o, fmt.Errorf("options: SegmentBytesMax + GroupBytesMax must not exceed 4GiB")
 	case o.GroupBytesMax < o.RecordBytesMax:
 		return o, fmt.Errorf("options: GroupBytesMax %d must be at least RecordBytesMax", o.GroupBytesMax)
 	case o.DedupGenerations < 1 || o.DedupGenerations > 64:
