@@ -96,7 +96,7 @@ func (r *Router) Kick(ctx context.Context) error { return r.do(ctx, func(c *core
 func (r *Router) do(ctx context.Context, f func(*core)) error {
 	done := make(chan struct{})
 	select {
-	case r.ctl <- func(c *core) { f(c); close(done) }:
+	case r.ctl <- func(c *core) { f(c); r.publish(); close(done) }: // Status shows the change at once
 	case <-ctx.Done():
 		return ctx.Err()
 	}

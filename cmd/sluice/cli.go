@@ -160,8 +160,12 @@ func dlqCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "sluice dlq list: %v\n", err)
 			return 1
 		}
-		for _, dl := range out {
-			fmt.Fprintln(stdout, string(dl))
+		for _, dl := range out { // one dead letter per line
+			var line bytes.Buffer
+			if json.Compact(&line, dl) != nil {
+				line.Write(dl)
+			}
+			fmt.Fprintln(stdout, line.String())
 		}
 		return 0
 	case "replay", "purge":
