@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/sluice-cdi/sluice/engine"
@@ -274,7 +275,7 @@ func (c *core) poll(now time.Time) []*batch {
 				return out
 			}
 		}
-		b := c.nextBatch(now, max)
+		b := c.nextBatch(now, max, probe)
 		if b == nil {
 			return out
 		}
@@ -294,11 +295,25 @@ func (c *core) poll(now time.Time) []*batch {
 }
 
 // nextBatch assembles up to max events: stored entries first (retries and
-// released skips), then the window.
-func (c *core) nextBatch(now time.Time, max int) *batch {
+// released skips), then the window. A probe tests the destination, not a
+// message, so it takes a window event (never failed) first: a stored
+// failure may be a poison event, and probing with it alone would keep the
+// breaker open, uncharged, with every key waiting.
+func (c *core) nextBatch(now time.Time, max int, probe bool) *batch {
+	if probe {
+		if b := c.nextWindowBatch(now, max); b != nil {
+			return b
+		}
+		return c.nextEntryBatch(now, max)
+	}
 	if b := c.nextEntryBatch(now, max); b != nil {
 		return b
 	}
+	return c.nextWindowBatch(now, max)
+}
+
+// nextWindowBatch assembles up to max events read from the log.
+func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 	b := &batch{}
 	if !c.cfg.Ordering {
 		for len(c.loose) > 0 && len(b.items) < max {
@@ -377,7 +392,7 @@ func (c *core) complete(b *batch, now time.Time) {
 	c.inFlight--
 	res := b.res
 	out := c.pol.classify(res)
-	c.aimd.observe(now.Sub(b.start), c.inFlight+1, out == outThrottled || out == outRetryable)
+	c.aimd.observe(b.start, now, c.inFlight+1, out == outThrottled || out == outRetryable)
 	key := b.items[0].key
 	switch out {
 	case outSuccess:
@@ -395,7 +410,12 @@ func (c *core) complete(b *batch, now time.Time) {
 			c.requeue(b, true) // find the event it refuses
 			return
 		}
-		c.abort(b.items[0], res, fmt.Sprintf("rejected with status %d", res.Status), now)
+		it := b.items[0]
+		it.attempts++ // the refused attempt is the event's own (charged)
+		if it.first == 0 {
+			it.first = now.UnixNano()
+		}
+		c.abort(it, res, fmt.Sprintf("rejected with status %d", res.Status), now)
 		c.release(b)
 	case outRetryable:
 		if !c.health.failure(key, now, c.cfg.Rand) {
@@ -436,20 +456,25 @@ func (c *core) settle(b *batch, now time.Time) {
 func (c *core) release(b *batch) { c.releaseKeys(b, b.entry) }
 
 // releaseKeys frees the batch's keys; drain queues their stored entries.
+// Every item counts, not only the key's first: a replayed event may share
+// a drained batch with its key's skipped events, and a blocked key's queue
+// goes on after a replayed event too (its drain may have stopped at it).
 func (c *core) releaseKeys(b *batch, drain bool) {
+	if !c.cfg.Ordering {
+		return
+	}
 	for _, it := range b.items {
-		if !c.cfg.Ordering {
-			continue
-		}
 		ks := c.keys[it.key]
-		if ks == nil || !ks.busy {
+		if ks == nil {
 			continue
 		}
-		ks.busy = false
-		if drain && !it.replayed {
+		if drain && (!it.replayed || ks.blocked) {
 			c.queueDrain(ks)
 		}
-		c.markReady(ks)
+		if ks.busy {
+			ks.busy = false
+			c.markReady(ks)
+		}
 		c.forget(ks)
 	}
 }
@@ -461,16 +486,22 @@ func (c *core) requeue(b *batch, isolate bool) {
 	if b.entry {
 		if isolate {
 			// Resend one by one, in order; they stay reserved so no drain
-			// or retry scan picks them up twice.
+			// or retry scan picks them up twice. They go first: the rest of
+			// a batch the rate limit split may be queued after them.
+			solos := make([]*batch, 0, len(b.items)+len(c.work))
 			for _, it := range b.items {
 				it.solo, it.state = true, waiting
-				c.work = append(c.work, &batch{items: []*item{it}, entry: true})
+				solos = append(solos, &batch{items: []*item{it}, entry: true})
 			}
+			c.work = append(solos, c.work...)
 			c.releaseKeys(b, false)
 			return
 		}
 		for _, it := range b.items {
 			delete(c.inFlightEntries, it.seq)
+		}
+		if !b.items[0].replayed {
+			c.dropKeyWork(b.items[0].key)
 		}
 		c.release(b)
 		return
@@ -494,6 +525,29 @@ func (c *core) requeue(b *batch, isolate bool) {
 			c.markReady(ks)
 		}
 	}
+}
+
+// dropKeyWork withdraws a key's queued entry batches (the rest of a batch
+// being resent one by one) after one of its entries went back to the index
+// unsettled: they are later events of the key and must wait for it. They
+// stay stored as they are; the key's drain brings them back, in order, once
+// its head settles.
+func (c *core) dropKeyWork(key string) {
+	if !c.cfg.Ordering {
+		return
+	}
+	kept := c.work[:0]
+	for _, b := range c.work {
+		if b.items[0].key == key && !b.items[0].replayed {
+			for _, it := range b.items {
+				delete(c.inFlightEntries, it.seq)
+			}
+			continue
+		}
+		kept = append(kept, b)
+	}
+	clear(c.work[len(kept):])
+	c.work = kept
 }
 
 // charge counts a failed attempt against the event: it is retried later, or
@@ -524,6 +578,9 @@ func (c *core) charge(it *item, res Result, now time.Time) {
 		c.txn.Put(e)
 		c.flush(now, true)
 		c.refreshDue()
+		if !it.replayed {
+			c.dropKeyWork(it.key)
+		}
 		return
 	}
 	it.state = failed
@@ -740,20 +797,30 @@ func (c *core) gatherEntries(now time.Time) {
 
 // drainKey sends a key's next stored entries after its head settled; with
 // none left, it lifts the barrier and lets the key's window events go.
+// Replayed events are not part of the key's queue (they never block it;
+// the retry scan sends them when due): it reads past them.
 func (c *core) drainKey(ks *keyState, now time.Time) {
-	ents, err := c.cons.KeyEntries([]byte(ks.key), c.cfg.BatchSize)
-	if err != nil {
-		c.logger.Error("cannot read key entries", "destination", c.cfg.Name, "err", err)
-		c.queueDrain(ks)
-		return
+	var ents []engine.Entry
+	for limit := c.cfg.BatchSize; ; limit *= 2 {
+		all, err := c.cons.KeyEntries([]byte(ks.key), limit)
+		if err != nil {
+			c.logger.Error("cannot read key entries", "destination", c.cfg.Name, "err", err)
+			c.queueDrain(ks)
+			return
+		}
+		ents = slices.DeleteFunc(all, func(e engine.Entry) bool { return e.Flags&engine.EntryReplayed != 0 })
+		if len(ents) >= c.cfg.BatchSize || len(all) < limit {
+			break
+		}
 	}
+	ents = ents[:min(len(ents), c.cfg.BatchSize)]
 	var items []*item
 	for i := range ents {
 		e := &ents[i]
 		if c.inFlightEntries[e.Seq] {
 			return // already on its way
 		}
-		if e.State == engine.StateFailed && e.Flags&engine.EntryReplayed == 0 && e.DueAt > now.UnixNano() {
+		if e.State == engine.StateFailed && e.DueAt > now.UnixNano() {
 			break // the head waits for its retry time
 		}
 		if it := c.loadEntry(e, now); it != nil {
@@ -816,25 +883,50 @@ func (c *core) afterEntryFinal(it *item, now time.Time) {
 	c.queueDrain(ks)
 }
 
-// nextWake is when poll may have new work without new input.
+// nextWake is when poll may have new work without new input. While poll
+// cannot dispatch anyway (requests at the limit, a probe out, a backoff
+// waiting for the requests sent before it), only a result can change that,
+// and a result wakes the caller by itself; retries that are due wait for
+// the end of a pause or backoff.
 func (c *core) nextWake(now time.Time) time.Time {
 	wake := now.Add(time.Second)
 	if c.throttledUntil.After(now) {
 		wake = minTime(wake, c.throttledUntil)
 	}
-	if c.health.state == BackingOff {
-		wake = minTime(wake, c.health.until)
-	}
-	if !c.nextDue.IsZero() {
-		wake = minTime(wake, c.nextDue)
-	}
 	if !c.txn.Empty() {
 		wake = minTime(wake, c.lastFlush.Add(c.cfg.FlushInterval))
 	}
-	if c.rate != nil && (len(c.ready) > 0 || len(c.loose) > 0) {
-		wake = minTime(wake, now.Add(max(c.rate.wait(1), time.Millisecond)))
+	if c.paused || c.err != nil || c.inFlight >= c.aimd.Limit() || c.health.state == Probing ||
+		(c.health.state == BackingOff && c.inFlight > 0) {
+		return wake
+	}
+	start := maxTime(now, c.throttledUntil) // when poll may dispatch
+	if c.health.state == BackingOff {
+		// Once the backoff is over, poll probes with whatever there is;
+		// with nothing to probe, only new input or a due retry can help.
+		if c.health.until.After(now) {
+			wake = minTime(wake, c.health.until)
+		}
+		start = maxTime(start, c.health.until)
+	}
+	if c.rate != nil && !c.rate.last.IsZero() {
+		// Nothing goes before the rate limit has a token again.
+		start = maxTime(start, c.rate.last.Add(c.rate.wait(1)))
+	}
+	if !c.nextDue.IsZero() && len(c.work) == 0 {
+		wake = minTime(wake, maxTime(c.nextDue, start))
+	}
+	if c.rate != nil && (len(c.ready) > 0 || len(c.loose) > 0 || len(c.work) > 0) {
+		wake = minTime(wake, maxTime(now.Add(time.Millisecond), start))
 	}
 	return wake
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 func minTime(a, b time.Time) time.Time {

@@ -84,7 +84,12 @@ func (h *health) success(key string) {
 // the event (a message problem) or not (the destination is down: the
 // breaker is open now).
 func (h *health) failure(key string, now time.Time, rnd Rand) (charged bool) {
-	if h.state != Healthy {
+	switch h.state {
+	case BackingOff:
+		// A request sent before the breaker opened: it says nothing new,
+		// and only a failed probe extends the backoff.
+		return false
+	case Probing:
 		h.open(now, rnd)
 		return false
 	}
@@ -122,10 +127,14 @@ func (h *health) admit(now time.Time, inFlight int) bool {
 
 // aimd is adaptive request concurrency (as Vector's): the limit grows by
 // one while requests at the limit are as fast as usual, and shrinks by 10%
-// on throttling, errors or requests far slower than usual.
+// on throttling, errors or requests far slower than usual. Only requests
+// started after the limit last changed may raise it: those in flight when
+// it was cut say nothing about the new limit (and would undo the cut), and
+// the increase stays at one per round trip.
 type aimd struct {
 	limit, max float64
-	ewma       float64 // latency moving average, seconds
+	ewma       float64   // latency moving average, seconds
+	changed    time.Time // when the limit last changed
 }
 
 func newAIMD(initial, max int) *aimd {
@@ -134,8 +143,10 @@ func newAIMD(initial, max int) *aimd {
 
 func (a *aimd) Limit() int { return max(1, int(a.limit)) }
 
-func (a *aimd) observe(latency time.Duration, inFlight int, bad bool) {
-	l := latency.Seconds()
+// observe records a request started at start and answered at now, with
+// inFlight requests out (itself included) when it was answered.
+func (a *aimd) observe(start, now time.Time, inFlight int, bad bool) {
+	l := now.Sub(start).Seconds()
 	slow := a.ewma > 0 && l > 2*a.ewma
 	if a.ewma == 0 {
 		a.ewma = l
@@ -145,8 +156,12 @@ func (a *aimd) observe(latency time.Duration, inFlight int, bad bool) {
 	switch {
 	case bad || slow:
 		a.limit = max(1, a.limit*0.9)
-	case inFlight >= a.Limit() && l <= a.ewma*1.1:
-		a.limit = min(a.max, a.limit+1)
+		a.changed = now
+	case inFlight >= a.Limit() && l <= a.ewma*1.1 && !start.Before(a.changed):
+		if a.limit < a.max {
+			a.limit = min(a.max, a.limit+1)
+			a.changed = now
+		}
 	}
 }
 
@@ -173,11 +188,12 @@ func (b *bucket) take(now time.Time, n int) bool {
 	return true
 }
 
-// wait returns how long until n tokens are there.
+// wait returns how long until n tokens are there (rounded up, so that they
+// are there then despite float rounding).
 func (b *bucket) wait(n int) time.Duration {
 	need := min(float64(n), b.burst) - b.tokens
 	if need <= 0 {
 		return 0
 	}
-	return time.Duration(need / b.rate * float64(time.Second))
+	return time.Duration(need/b.rate*float64(time.Second)) + time.Microsecond
 }

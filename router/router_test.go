@@ -1,0 +1,286 @@
+package router_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/sluice-cdi/sluice/engine"
+	"github.com/sluice-cdi/sluice/router"
+	"github.com/sluice-cdi/sluice/router/webhook"
+)
+
+// Router.Run in real time with the real engine and a webhook destination
+// against an HTTP test server that fails, throttles and refuses.
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// sink is the HTTP destination: it records each delivered event's
+// messageId per user, and answers as script says.
+type sink struct {
+	mu       sync.Mutex
+	script   func(user, msgID string, n int) (status int, header http.Header)
+	tries    map[string]int
+	received map[string][]string // per user, messageIds delivered (2xx), in order
+	srv      *httptest.Server
+}
+
+func newSink(t *testing.T) *sink {
+	s := &sink{tries: map[string]int{}, received: map[string][]string{}}
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *sink) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	var ev struct {
+		User string `json:"user"`
+	}
+	json.Unmarshal(body, &ev)
+	id := r.Header.Get("X-Sluice-Message-Id")
+	s.mu.Lock()
+	s.tries[id]++
+	status, hdr := 200, http.Header(nil)
+	if s.script != nil {
+		status, hdr = s.script(ev.User, id, s.tries[id])
+	}
+	if status/100 == 2 {
+		s.received[ev.User] = append(s.received[ev.User], id)
+	}
+	s.mu.Unlock()
+	for k, v := range hdr {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `{"status":%d}`, status)
+}
+
+func (s *sink) delivered() map[string][]string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string][]string{}
+	for u, ids := range s.received {
+		out[u] = slices.Clone(ids)
+	}
+	return out
+}
+
+type rig struct {
+	t    *testing.T
+	eng  *engine.Engine
+	cons *engine.Consumer
+	sink *sink
+	sent map[string][]string // per user, messageIds appended, in order
+	n    int
+}
+
+func newRig(t *testing.T) *rig {
+	eng, err := engine.Open(engine.Options{Dir: "/d", FS: vfs.NewMem(), ReclaimInterval: -1, Logger: quiet,
+		DedupFilterBytes: 1 << 16, IndexCacheBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { eng.Close() })
+	cons, err := eng.Consumer("hook")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rig{t: t, eng: eng, cons: cons, sink: newSink(t), sent: map[string][]string{}}
+}
+
+func (r *rig) router(minAttempts int) *router.Router {
+	dest, err := webhook.New(webhook.Config{URL: r.sink.srv.URL})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	rt, err := router.New(router.Config{Name: "hook", Ordering: true, ConcurrencyInitial: 8, Logger: quiet,
+		Policy: router.Policy{MinAttempts: minAttempts, BackoffInitial: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}},
+		r.eng, r.cons, dest)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { rt.Close() })
+	return rt
+}
+
+func (r *rig) add(user string) string {
+	r.n++
+	id := fmt.Sprintf("m%d", r.n)
+	_, err := r.eng.Append(context.Background(), []engine.Record{{Source: []byte("web"), Type: []byte("track"),
+		MessageID: []byte(id), Key: []byte(user), Payload: fmt.Appendf(nil, `{"user":%q,"n":%d}`, user, r.n),
+		ReceivedAt: time.Now().UnixNano()}})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.sent[user] = append(r.sent[user], id)
+	return id
+}
+
+func run(rt *router.Router) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rt.Run(ctx) }()
+	return func() error { cancel(); return <-done }
+}
+
+// waitFor polls cond until it holds or 20s pass.
+func (r *rig) waitFor(what string, cond func() bool) {
+	r.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			r.t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// settled: the cursor is at the log's end with no failed or skipped entry.
+func (r *rig) settled() bool {
+	cur, _ := r.cons.Cursor()
+	return cur == r.eng.LastSeq()+1 && r.cons.Count(engine.StateFailed) == 0 && r.cons.Count(engine.StateSkipped) == 0
+}
+
+// checkDelivered checks that each user's events arrived in order (first
+// arrivals), leaving out those in skip (aborted or replayed).
+func (r *rig) checkDelivered(skip map[string]bool) {
+	r.t.Helper()
+	got := r.sink.delivered()
+	for user, ids := range r.sent {
+		want := slices.DeleteFunc(slices.Clone(ids), func(id string) bool { return skip[id] })
+		var first []string
+		seen := map[string]bool{}
+		for _, id := range got[user] {
+			if !seen[id] && !skip[id] {
+				seen[id] = true
+				first = append(first, id)
+			}
+		}
+		if !slices.Equal(first, want) {
+			r.t.Errorf("user %s received %v, want %v", user, first, want)
+		}
+	}
+}
+
+func TestRouterRunDelivers(t *testing.T) {
+	r := newRig(t)
+	var poison string
+	r.sink.script = func(user, id string, n int) (int, http.Header) {
+		switch {
+		case id == poison:
+			return 400, nil
+		case user == "u1" && n <= 2:
+			return 503, nil // u1's events each fail twice
+		case user == "u2" && n == 1:
+			return 429, http.Header{"Retry-After": {"0"}}
+		}
+		return 200, nil
+	}
+	rt := r.router(3)
+	stop := run(rt)
+	for i := 0; i < 50; i++ {
+		r.sink.mu.Lock() // the script reads poison under the sink's lock
+		id := r.add(fmt.Sprintf("u%d", i%5))
+		if i == 17 {
+			poison = id
+		}
+		r.sink.mu.Unlock()
+		if i%10 == 0 {
+			time.Sleep(2 * time.Millisecond) // new events while it runs
+		}
+	}
+	r.waitFor("every event settled", r.settled)
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if st := rt.Status(); st.State != "stopped" || st.Counters.Delivered != 49 || st.Counters.Aborted != 1 {
+		t.Errorf("status %+v", st)
+	}
+	ab, err := r.cons.Aborted(0, 10, nil)
+	if err != nil || len(ab) != 1 || ab[0].LastStatus != 400 || !strings.Contains(string(ab[0].Response), "400") {
+		t.Fatalf("aborted %+v %v, want the poison with its 400", ab, err)
+	}
+	r.checkDelivered(map[string]bool{poison: true})
+
+	// Replay the dead letter, now accepted, to a new router that has
+	// nothing to do (its next look for due retries is an hour away): Kick
+	// sends it at once.
+	r.sink.mu.Lock()
+	replayed := poison
+	poison = ""
+	r.sink.mu.Unlock()
+	rt = r.router(3)
+	stop = run(rt)
+	time.Sleep(50 * time.Millisecond)
+	if n, err := r.cons.Replay(time.Now().UnixNano(), nil); n != 1 || err != nil {
+		t.Fatalf("replay: %d %v", n, err)
+	}
+	if err := rt.Kick(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor("the replayed event delivered", func() bool { return r.cons.Count(engine.StateFailed) == 0 && r.cons.Count(engine.StateAborted) == 0 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	r.checkDelivered(map[string]bool{replayed: true})
+	if got := r.sink.delivered()["u2"]; got[len(got)-1] != replayed {
+		t.Errorf("u2 received %v, want the replayed %s last", got, replayed)
+	}
+}
+
+// A router stopped midway (failures pending) and a new one on the same
+// consumer: the second resumes from the stored state.
+func TestRouterRestart(t *testing.T) {
+	r := newRig(t)
+	var mu sync.Mutex
+	down := true
+	r.sink.script = func(user, id string, n int) (int, http.Header) {
+		mu.Lock()
+		defer mu.Unlock()
+		if user == "u0" && down {
+			return 500, nil
+		}
+		return 200, nil
+	}
+	rt := r.router(1000)
+	stop := run(rt)
+	for i := 0; i < 40; i++ {
+		r.add(fmt.Sprintf("u%d", i%4))
+	}
+	r.waitFor("u0 blocked, the others delivered", func() bool {
+		cur, _ := r.cons.Cursor()
+		return cur == r.eng.LastSeq()+1 && r.cons.Count(engine.StateSkipped) == 9
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, has, _ := r.cons.Barrier([]byte("u0")); !has {
+		t.Fatal("no barrier for the failing user")
+	}
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	rt2 := r.router(1000)
+	stop = run(rt2)
+	r.add("u0")
+	r.waitFor("everything settled", func() bool {
+		_, has, _ := r.cons.Barrier([]byte("u0"))
+		return r.settled() && !has
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	r.checkDelivered(nil)
+}
