@@ -3,9 +3,10 @@
 // with zstd. A delivery counts only once its lines are fsynced.
 //
 // The active file is <path> (plus ".zst" when compressed); a rotated file is
-// renamed to <path minus .jsonl>-<UTC time>-<n>.jsonl[.zst]. Each Send ends
-// a zstd block (Flush), so a crash leaves a file that decodes up to the last
-// acknowledged event.
+// renamed to <path minus .jsonl>-<UTC time>-<n>.jsonl[.zst]. Each Send
+// writes one complete zstd frame (concatenated frames are a valid zstd
+// stream), so a crash leaves a file that decodes, with every acknowledged
+// event, by any zstd tool.
 package filedest
 
 import (
@@ -130,10 +131,11 @@ func (d *File) Send(_ context.Context, events []router.Event) router.Result {
 
 func (d *File) write(b []byte) error {
 	if d.zw != nil {
+		d.zw.Reset(d.f)
 		if _, err := d.zw.Write(b); err != nil {
 			return err
 		}
-		if err := d.zw.Flush(); err != nil {
+		if err := d.zw.Close(); err != nil { // ends the frame
 			return err
 		}
 	} else if _, err := d.f.Write(b); err != nil {
@@ -169,14 +171,8 @@ func (d *File) closeFile() error {
 	if d.f == nil {
 		return nil
 	}
-	var err error
-	if d.zw != nil {
-		err = d.zw.Close()
-		d.zw = nil
-	}
-	if serr := d.f.Sync(); err == nil {
-		err = serr
-	}
+	d.zw = nil // every frame was closed by the Send that wrote it
+	err := d.f.Sync()
 	if cerr := d.f.Close(); err == nil {
 		err = cerr
 	}

@@ -1,0 +1,128 @@
+package webhook
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-cdi/sluice/router"
+)
+
+type captured struct {
+	method, path, ctype, mid, batch, sig, custom string
+	body                                           []byte
+}
+
+func server(t *testing.T, status int, extra func(http.ResponseWriter)) (*httptest.Server, func() []captured) {
+	var mu sync.Mutex
+	var got []captured
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		got = append(got, captured{r.Method, r.URL.Path, r.Header.Get("Content-Type"), r.Header.Get("X-Sluice-Message-Id"),
+			r.Header.Get("X-Sluice-Batch-Size"), r.Header.Get("X-Sluice-Signature"), r.Header.Get("X-Api-Key"), b})
+		mu.Unlock()
+		if extra != nil {
+			extra(w)
+		}
+		w.WriteHeader(status)
+		io.WriteString(w, `{"ok":false,"why":"because"}`)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, func() []captured { mu.Lock(); defer mu.Unlock(); return append([]captured(nil), got...) }
+}
+
+func ev(mid, payload string) router.Event {
+	return router.Event{MessageID: []byte(mid), Payload: []byte(payload)}
+}
+
+func TestSingleEventRequest(t *testing.T) {
+	srv, got := server(t, 200, nil)
+	w, err := New(Config{URL: srv.URL + "/hook", Headers: map[string]string{"X-Api-Key": "k1"}, Secret: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	res := w.Send(context.Background(), []router.Event{ev("m-1", `{"a":1}`)})
+	if res.Err != nil || res.Status != 200 {
+		t.Fatalf("result %+v", res)
+	}
+	c := got()[0]
+	if c.method != "POST" || c.path != "/hook" || c.ctype != "application/json" || c.mid != "m-1" || c.custom != "k1" || string(c.body) != `{"a":1}` {
+		t.Fatalf("request %+v", c)
+	}
+	mac := hmac.New(sha256.New, []byte("s3cret"))
+	mac.Write(c.body)
+	if c.sig != "sha256="+hex.EncodeToString(mac.Sum(nil)) {
+		t.Fatalf("signature %q", c.sig)
+	}
+	if res := w.Send(context.Background(), []router.Event{ev("a", "{}"), ev("b", "{}")}); res.Err == nil {
+		t.Fatal("two events accepted by a non-batching webhook")
+	}
+}
+
+func TestBatchRequest(t *testing.T) {
+	srv, got := server(t, 202, nil)
+	w, _ := New(Config{URL: srv.URL, Batch: true, Method: "PUT"})
+	res := w.Send(context.Background(), []router.Event{ev("a", `{"n":1}`), ev("b", `{"n":2}`)})
+	if res.Status != 202 {
+		t.Fatalf("result %+v", res)
+	}
+	c := got()[0]
+	var arr []map[string]int
+	if err := json.Unmarshal(c.body, &arr); err != nil || len(arr) != 2 || arr[1]["n"] != 2 || c.batch != "2" || c.method != "PUT" || c.mid != "" {
+		t.Fatalf("batch request %+v (%v)", c, err)
+	}
+}
+
+func TestErrorAnswers(t *testing.T) {
+	srv, _ := server(t, 429, func(w http.ResponseWriter) { w.Header().Set("Retry-After", "7") })
+	w, _ := New(Config{URL: srv.URL})
+	res := w.Send(context.Background(), []router.Event{ev("a", "{}")})
+	if res.Status != 429 || res.RetryAfter != 7*time.Second || !strings.Contains(string(res.Body), "because") {
+		t.Fatalf("429 result %+v", res)
+	}
+	// Connection refused: an error, not ambiguous.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	w2, _ := New(Config{URL: "http://" + addr})
+	if res := w2.Send(context.Background(), []router.Event{ev("a", "{}")}); res.Err == nil || res.Status != 0 {
+		t.Fatalf("refused result %+v", res)
+	}
+	// A timeout after the request was written is ambiguous.
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { time.Sleep(300 * time.Millisecond) }))
+	defer slow.Close()
+	w3, _ := New(Config{URL: slow.URL})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if res := w3.Send(ctx, []router.Event{ev("a", "{}")}); res.Err == nil || !res.Ambiguous {
+		t.Fatalf("timeout result %+v", res)
+	}
+}
+
+func TestConfigAndRetryAfter(t *testing.T) {
+	for _, u := range []string{"", "ftp://x", "/relative", "http://"} {
+		if _, err := New(Config{URL: u}); err == nil {
+			t.Errorf("url %q accepted", u)
+		}
+	}
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	cases := map[string]time.Duration{"3": 3 * time.Second, "-1": 0, "junk": 0, "99999": time.Hour,
+		now.Add(90 * time.Second).Format(time.RFC1123): 90 * time.Second}
+	for in, want := range cases {
+		if got := parseRetryAfter([]byte(in), now); got != want {
+			t.Errorf("Retry-After %q: %v, want %v", in, got, want)
+		}
+	}
+}
