@@ -48,6 +48,11 @@ type item struct {
 	size     int
 	due      int64 // retry time of a failed window event, Unix ns
 	replayed bool
+	// persisted: the event has a stored entry (loaded from one, or spilled
+	// while in flight); its outcome is recorded as an entry transition.
+	persisted bool
+	spill     bool   // in flight when the window filled: store it as failed
+	batch     *batch // the window batch it was sent in
 }
 
 // keyState is one ordering key's place in the router.
@@ -113,7 +118,7 @@ type core struct {
 // Counters are a destination's running totals.
 type Counters struct {
 	Delivered, Filtered, Failed, Aborted, Expired, Throttled, Retried uint64
-	Requests, OutageAttempts, BreakerOpened                           uint64
+	Requests, OutageAttempts, BreakerOpened, Spilled                  uint64
 }
 
 func newCore(cfg Config, log Log, cons *engine.Consumer) (*core, error) {
@@ -331,10 +336,7 @@ func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 				break
 			}
 		}
-		if len(b.items) == 0 {
-			return nil
-		}
-		return b
+		return b.forWindow()
 	}
 	for len(c.ready) > 0 && len(b.items) < max {
 		ks := c.ready[0]
@@ -369,8 +371,16 @@ func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 			break
 		}
 	}
+	return b.forWindow()
+}
+
+// forWindow links a window batch's events to it (nil when empty).
+func (b *batch) forWindow() *batch {
 	if len(b.items) == 0 {
 		return nil
+	}
+	for _, it := range b.items {
+		it.batch = b
 	}
 	return b
 }
@@ -438,22 +448,24 @@ func (c *core) complete(b *batch, now time.Time) {
 
 // settle handles delivered events.
 func (c *core) settle(b *batch, now time.Time) {
+	stored := false
 	for _, it := range b.items {
-		if !b.entry {
+		if !it.persisted {
 			it.state = done
 			continue
 		}
 		delete(c.inFlightEntries, it.seq)
 		c.txn.Succeed(it.seq)
+		stored = true
 	}
-	if b.entry {
+	if stored {
 		c.flush(now, true)
 	}
 	c.release(b)
 }
 
 // release frees the batch's keys and queues what comes next for them.
-func (c *core) release(b *batch) { c.releaseKeys(b, b.entry) }
+func (c *core) release(b *batch) { c.releaseKeys(b, true) }
 
 // releaseKeys frees the batch's keys; drain queues their stored entries.
 // Every item counts, not only the key's first: a replayed event may share
@@ -468,7 +480,7 @@ func (c *core) releaseKeys(b *batch, drain bool) {
 		if ks == nil {
 			continue
 		}
-		if drain && (!it.replayed || ks.blocked) {
+		if drain && it.persisted && (!it.replayed || ks.blocked) {
 			c.queueDrain(ks)
 		}
 		if ks.busy {
@@ -483,32 +495,37 @@ func (c *core) releaseKeys(b *batch, drain bool) {
 // key's other waiting events, in order. isolate marks them to be sent one
 // at a time.
 func (c *core) requeue(b *batch, isolate bool) {
-	if b.entry {
+	var stored, win []*item
+	for _, it := range b.items {
+		if it.persisted {
+			stored = append(stored, it)
+		} else {
+			win = append(win, it)
+		}
+	}
+	if len(stored) > 0 {
 		if isolate {
 			// Resend one by one, in order; they stay reserved so no drain
 			// or retry scan picks them up twice. They go first: the rest of
 			// a batch the rate limit split may be queued after them.
-			solos := make([]*batch, 0, len(b.items)+len(c.work))
-			for _, it := range b.items {
+			solos := make([]*batch, 0, len(stored)+len(c.work))
+			for _, it := range stored {
 				it.solo, it.state = true, waiting
 				solos = append(solos, &batch{items: []*item{it}, entry: true})
 			}
 			c.work = append(solos, c.work...)
-			c.releaseKeys(b, false)
-			return
+		} else {
+			for _, it := range stored {
+				delete(c.inFlightEntries, it.seq)
+				if !it.replayed {
+					c.dropKeyWork(it.key)
+				}
+			}
 		}
-		for _, it := range b.items {
-			delete(c.inFlightEntries, it.seq)
-		}
-		if !b.items[0].replayed {
-			c.dropKeyWork(b.items[0].key)
-		}
-		c.release(b)
-		return
 	}
-	for i := len(b.items) - 1; i >= 0; i-- {
-		it := b.items[i]
-		it.state = waiting
+	for i := len(win) - 1; i >= 0; i-- {
+		it := win[i]
+		it.state, it.spill = waiting, false
 		if isolate {
 			it.solo = true
 		}
@@ -519,12 +536,7 @@ func (c *core) requeue(b *batch, isolate bool) {
 		ks := c.keyState(it.key)
 		ks.pending = append([]*item{it}, ks.pending...)
 	}
-	for _, it := range b.items {
-		if ks := c.keys[it.key]; ks != nil {
-			ks.busy = false
-			c.markReady(ks)
-		}
-	}
+	c.releaseKeys(b, !isolate)
 }
 
 // dropKeyWork withdraws a key's queued entry batches (the rest of a batch
@@ -571,7 +583,7 @@ func (c *core) charge(it *item, res Result, now time.Time) {
 	}
 	c.stats.Failed++
 	due := now.Add(c.pol.backoff(int(it.attempts), c.cfg.Rand)).UnixNano()
-	if it.entry != nil {
+	if it.persisted {
 		delete(c.inFlightEntries, it.seq)
 		e := c.entryOf(it, engine.StateFailed)
 		e.DueAt = due
@@ -604,7 +616,7 @@ func (c *core) abort(it *item, res Result, reason string, now time.Time) {
 	}
 	c.stats.Aborted++
 	c.logger.Debug("event aborted", "destination", c.cfg.Name, "seq", it.seq, "reason", reason)
-	if it.entry != nil {
+	if it.persisted {
 		delete(c.inFlightEntries, it.seq)
 		c.txn.Put(c.entryOf(it, engine.StateAborted))
 		c.flush(now, true)
@@ -636,7 +648,7 @@ func (c *core) entryOf(it *item, s engine.State) engine.Entry {
 // advance moves the cursor past the settled head of the window, storing
 // entries for the events it passes that are not delivered.
 func (c *core) advance(now time.Time) {
-	moved := false
+	moved, spilled := false, false
 	var passed uint64 // the last seq passed
 	for c.head < len(c.window) {
 		it := c.window[c.head]
@@ -655,6 +667,21 @@ func (c *core) advance(now time.Time) {
 			c.nextDue = time.Time{}
 		case aborted:
 			c.txn.Put(c.entryOf(it, engine.StateAborted))
+		case inflight:
+			if !it.spill {
+				if !c.windowFull() || it.batch == nil {
+					goto stop
+				}
+				// A slow request holds the cursor and the window is full:
+				// store its events as failed (retried if the answer never
+				// comes) so the cursor, and every other key, can move on.
+				for _, x := range it.batch.items {
+					x.spill = true
+				}
+				c.stats.Spilled += uint64(len(it.batch.items))
+			}
+			c.spillEntry(it, now)
+			spilled = true
 		case waiting:
 			if !c.cfg.Ordering {
 				goto stop
@@ -688,7 +715,40 @@ stop:
 			c.txn.Advance(passed+1, 0)
 		}
 	}
-	c.flush(now, false)
+	// A spilled event's answer settles its entry in a later transaction:
+	// the entry must be committed first.
+	c.flush(now, spilled)
+}
+
+// spillEntry stores an in-flight window event so the cursor can pass it:
+// as the failed head of its key (due after its request's timeout, with a
+// barrier), or as skipped when earlier events of the key are already
+// stored (a key's queue has one failed head). Its answer then settles the
+// entry like a retry's or a released skip's would.
+func (c *core) spillEntry(it *item, now time.Time) {
+	state := engine.StateFailed
+	var ks *keyState
+	if c.cfg.Ordering {
+		ks = c.keyState(it.key)
+		if ks.blocked {
+			state = engine.StateSkipped
+		}
+	}
+	e := c.entryOf(it, state)
+	if state == engine.StateFailed {
+		e.DueAt = now.Add(c.cfg.Timeout + time.Second).UnixNano()
+		if e.Reason == "" {
+			e.Reason = "in flight when the read-ahead window filled"
+		}
+	}
+	c.txn.Put(e)
+	it.persisted = true
+	c.inFlightEntries[it.seq] = true
+	if ks != nil && !ks.blocked {
+		ks.blocked = true
+		c.txn.SetBarrier(it.ev.Key, it.seq)
+	}
+	c.nextDue = time.Time{}
 }
 
 // flush commits pending transitions: at once when force is set, else at
@@ -851,7 +911,7 @@ func (c *core) loadEntry(e *engine.Entry, now time.Time) *item {
 	rec, err := c.log.Read(e.Seq, e.Pos)
 	it := &item{seq: e.Seq, pos: e.Pos, key: string(e.Key), entry: e, attempts: e.Attempts, first: e.FirstFailure,
 		last: e.LastAttempt, status: e.LastStatus, reason: e.Reason, response: e.Response,
-		replayed: e.Flags&engine.EntryReplayed != 0}
+		replayed: e.Flags&engine.EntryReplayed != 0, persisted: true}
 	if err != nil {
 		it.ev = Event{Seq: e.Seq, Key: e.Key, ReceivedAt: e.ReceivedAt}
 		if errors.Is(err, engine.ErrNotFound) || errors.Is(err, engine.ErrCorrupt) {
