@@ -20,7 +20,7 @@ import (
 
 type captured struct {
 	method, path, ctype, mid, batch, sig, custom string
-	body                                           []byte
+	body                                         []byte
 }
 
 func server(t *testing.T, status int, extra func(http.ResponseWriter)) (*httptest.Server, func() []captured) {
