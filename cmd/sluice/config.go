@@ -131,6 +131,9 @@ type EngineConfig struct {
 	BacklogEventsMax int64         `yaml:"backlog_events_max"`
 	DedupWindow      time.Duration `yaml:"dedup_window"`
 	DedupFilterBytes int           `yaml:"dedup_filter_bytes"`
+	// ReclaimInterval is how often consumed segments are deleted (default
+	// 1s); negative keeps every segment (for inspection and tests).
+	ReclaimInterval time.Duration `yaml:"reclaim_interval"`
 }
 
 var validEventTypes = map[string]bool{"track": true, "identify": true, "page": true, "screen": true, "group": true, "alias": true}

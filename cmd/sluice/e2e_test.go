@@ -188,7 +188,11 @@ destinations:
     type: file
     config:
       path: %q
-%s`, listen, dataDir, srcWeb.name, srcWeb.key, srcMobile.name, srcMobile.key, filepath.Join(dataDir, "out", "events.jsonl"), extraDests)
+%s
+# The tests read every acknowledged event back from the log: keep it all.
+engine:
+  reclaim_interval: -1s
+`, listen, dataDir, srcWeb.name, srcWeb.key, srcMobile.name, srcMobile.key, filepath.Join(dataDir, "out", "events.jsonl"), extraDests)
 	path := filepath.Join(t.TempDir(), "sluice.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -127,6 +127,7 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) (err error) {
 		BacklogEventsMax: cfg.Engine.BacklogEventsMax,
 		DedupWindow:      cfg.Engine.DedupWindow,
 		DedupFilterBytes: cfg.Engine.DedupFilterBytes,
+		ReclaimInterval:  cfg.Engine.ReclaimInterval,
 	})
 	if err != nil {
 		return fmt.Errorf("cannot open engine: %w", err)
