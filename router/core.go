@@ -720,6 +720,44 @@ stop:
 	c.flush(now, spilled)
 }
 
+// stop prepares a graceful shutdown once nothing is in flight: events still
+// waiting in the window before its last settled event are stored (the
+// first of each key as failed and due now, uncharged; later ones as
+// skipped) so the cursor passes every settled event and nothing delivered
+// is sent again after the restart.
+func (c *core) stop(now time.Time) {
+	last := -1
+	for i := c.head; i < len(c.window); i++ {
+		if st := c.window[i].state; st != waiting && st != inflight {
+			last = i
+		}
+	}
+	for i := c.head; i <= last; i++ {
+		it := c.window[i]
+		if it.state != waiting {
+			continue
+		}
+		if it.reason == "" {
+			it.reason = "waiting at shutdown"
+		}
+		if !c.cfg.Ordering {
+			it.state, it.due = failed, now.UnixNano()
+			c.loose = slices.DeleteFunc(c.loose, func(x *item) bool { return x == it })
+			continue
+		}
+		ks := c.keyState(it.key)
+		if ks.blocked || len(ks.pending) == 0 || ks.pending[0] != it {
+			continue // advance stores it as skipped behind its key's head
+		}
+		ks.pending = ks.pending[1:]
+		it.state, it.due = failed, now.UnixNano()
+		ks.blocked = true
+		ks.failedWindow++
+	}
+	c.advance(now)
+	c.flush(now, true)
+}
+
 // spillEntry stores an in-flight window event so the cursor can pass it:
 // as the failed head of its key (due after its request's timeout, with a
 // barrier), or as skipped when earlier events of the key are already

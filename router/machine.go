@@ -68,6 +68,10 @@ func (m *Machine) Complete(d *Dispatch, res Result, now time.Time) {
 // NextWake is when Step may have work without new input.
 func (m *Machine) NextWake(now time.Time) time.Time { return m.c.nextWake(now) }
 
+// Stop prepares a graceful shutdown once nothing is in flight (as
+// Router.Run does): settled events are recorded so none is sent again.
+func (m *Machine) Stop(now time.Time) { m.c.stop(now) }
+
 // Flush commits pending state transitions now.
 func (m *Machine) Flush(now time.Time) { m.c.flush(now, true) }
 

@@ -179,9 +179,7 @@ func (r *Router) shutdown(results chan *batch, cancelSends context.CancelFunc) e
 			c.inFlight = 0
 		}
 	}
-	now := r.cfg.Clock.Now()
-	c.advance(now)
-	c.flush(now, true)
+	c.stop(r.cfg.Clock.Now())
 	r.wg.Wait()
 	r.publish()
 	r.status.Load().State = "stopped"
