@@ -349,6 +349,7 @@ func TestSimulationRegressions(t *testing.T) {
 //	1.8316s send [#83:u0 #87:u0] -> 429 (Retry-After up to 3s)
 //	2.0003s op 90 restart   (cursor stays at 83)
 //	2.0003s send [#83:u0 ... #84:u1 #85:u1 #86:u1 ...] -> dup of 84, 85, 86
+//
 // TestBugRestartForgets was BUG-RESTART-FORGETS: a graceful restart sent
 // delivered events again. Fixed by core.stop (Machine.Stop).
 func TestBugRestartForgets(t *testing.T) {

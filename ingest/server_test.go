@@ -111,7 +111,7 @@ func (h *harness) stored() []storedEvent {
 }
 
 type storedEvent struct {
-	m                         map[string]any
+	m                          map[string]any
 	source, typ, mid, key, raw string
 }
 
