@@ -10,7 +10,12 @@ BENCHKEY  := (Append|AppendNoDedup|CeilingFile|CeilingPebble)/batch=100$$/append
 BENCHKEYTIME ?= 3s
 BENCHRUNS ?= 3
 
-.PHONY: build run test race fuzz bench lint clean
+# Scenario runs of the real binary (cmd/sluice-bench): SCENARIOS, SCENARIO_FLAGS
+# (e.g. --repeat 3, --outage 10s, --perf).
+SCENARIOS ?= all
+SCENARIO_FLAGS ?=
+
+.PHONY: build run test race fuzz bench bench-engine bench-scenarios bench-quick bench-report lint clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sluice
@@ -33,17 +38,36 @@ fuzz:
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzFrameDecode$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./engine -run '^$$' -fuzz '^FuzzEntryDecode$$' -fuzztime $(FUZZTIME)
 	SLUICE_MODEL_SEEDS=2000 $(GO) test ./engine -run 'TestModel' -count=1 -timeout 60m
+	SLUICE_SIM_SEEDS=2000 $(GO) test ./fuzz -run '^TestSimulationSeeds$$' -count=1 -timeout 60m -v
+	SLUICE_SIM_META_SEEDS=100 $(GO) test ./fuzz -run '^TestSimulationMetamorphic$$' -count=1 -timeout 60m
+	$(GO) test ./fuzz -run '^$$' -fuzz '^FuzzSimulation$$' -fuzztime $(FUZZTIME)
 
-# Every benchmark once (about 3 minutes), then the key cells BENCHRUNS times
-# (about 1 minute each): under 10 minutes on the 2-core machine. Results go to
-# bench/out/; BENCHMARKS.md says how to read them.
-bench:
+# The engine benchmarks (every benchmark once, about 3 minutes, then the key
+# cells BENCHRUNS times, about 1 minute each), then every scenario against
+# the real binary once (about 5 minutes) and the report into BENCHMARKS.md:
+# about 10 minutes on the 2-core machine. Results go to bench/out/;
+# BENCHMARKS.md says how to read them.
+bench: bench-engine bench-scenarios
+
+bench-engine:
 	mkdir -p bench/out
 	$(GO) test ./engine -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 30m 2>&1 | tee bench/out/engine.txt
 	for i in $$(seq $(BENCHRUNS)); do \
 		$(GO) test ./engine -run '^$$' -bench '$(BENCHKEY)' -benchtime $(BENCHKEYTIME) -count 1 -timeout 30m 2>&1; \
 	done | tee bench/out/engine-key.txt
 	@! grep -q '^FAIL' bench/out/engine.txt bench/out/engine-key.txt
+
+bench-scenarios:
+	$(GO) run ./cmd/sluice-bench run $(SCENARIO_FLAGS) $(SCENARIOS); status=$$?; \
+		$(GO) run ./cmd/sluice-bench report; exit $$status
+
+# Every scenario, short (about a minute and a half): a smoke test of the
+# harness and of the checks, not figures to quote.
+bench-quick:
+	$(GO) run ./cmd/sluice-bench run --quick --out bench/out/quick $(SCENARIO_FLAGS) $(SCENARIOS)
+
+bench-report:
+	$(GO) run ./cmd/sluice-bench report
 
 lint:
 	@test -z "$$(gofmt -l .)" || (gofmt -l . && exit 1)
