@@ -49,10 +49,7 @@ func pixelEvent(dst []byte, args *fasthttp.Args) []byte {
 	if data := args.Peek("data"); len(data) > 0 {
 		for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding, base64.RawStdEncoding, base64.RawURLEncoding} {
 			if dec, err := enc.AppendDecode(dst[:0], data); err == nil {
-				if key := args.Peek("writeKey"); len(key) > 0 && !bytes.Contains(dec, []byte(`"writeKey"`)) {
-					return dec // the key is read from the query too
-				}
-				return dec
+				return dec // the write key may also come from the query
 			}
 		}
 	}

@@ -833,8 +833,8 @@ func TestCoreOutage(t *testing.T) {
 			if len(probes) < 4 {
 				t.Errorf("%d probes in a 40s outage", len(probes))
 			}
-			if h.c.health.opened == 0 || h.c.stats.OutageAttempts == 0 {
-				t.Errorf("breaker opened %d times, %d outage attempts", h.c.health.opened, h.c.stats.OutageAttempts)
+			if h.c.stats.BreakerOpened == 0 || h.c.stats.OutageAttempts == 0 {
+				t.Errorf("breaker opened %d times, %d outage attempts", h.c.stats.BreakerOpened, h.c.stats.OutageAttempts)
 			}
 			// Outage attempts are not charged: nothing is charged once the
 			// breaker is open, and the failures charged before it opened

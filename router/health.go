@@ -30,7 +30,6 @@ type health struct {
 	state    BreakerState
 	until    time.Time // end of the current backoff
 	failures int       // consecutive breaker openings, for the backoff
-	opened   uint64    // total openings, for metrics
 }
 
 type attempt struct {
@@ -103,26 +102,8 @@ func (h *health) failure(key string, now time.Time, rnd Rand) (charged bool) {
 
 func (h *health) open(now time.Time, rnd Rand) {
 	h.failures++
-	h.opened++
 	h.state = BackingOff
 	h.until = now.Add(h.p.backoff(h.failures, rnd))
-}
-
-// admit reports whether a new request may start now, given how many are in
-// flight; when the backoff has ended it admits exactly one probe.
-func (h *health) admit(now time.Time, inFlight int) bool {
-	switch h.state {
-	case Healthy:
-		return true
-	case BackingOff:
-		if now.Before(h.until) || inFlight > 0 {
-			return false
-		}
-		h.state = Probing
-		return true
-	default: // Probing: one at a time
-		return false
-	}
 }
 
 // aimd is adaptive request concurrency (as Vector's): the limit grows by

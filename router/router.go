@@ -216,7 +216,6 @@ func (r *Router) publish() {
 		Destination: r.cfg.Name, State: state, Concurrency: c.aimd.Limit(), InFlight: c.inFlight,
 		Window: len(c.window) - c.head, Cursor: cur, Counters: c.stats,
 	}
-	st.Counters.BreakerOpened = c.health.opened
 	if c.health.state != Healthy {
 		st.BackoffUntil = c.health.until
 	}
