@@ -356,7 +356,7 @@ func (c *Consumer) Aborted(after uint64, limit int, match func(*Entry) bool) ([]
 func (c *Consumer) Replay(now int64, match func(*Entry) bool) (int, error) {
 	return c.rewriteAborted(match, func(t *Txn, en Entry) {
 		en.State, en.Attempts, en.DueAt = StateFailed, 0, now
-		en.Flags |= EntryReplayed
+		en.Flags = en.Flags&^EntryUnconfirmed | EntryReplayed
 		t.Put(en)
 	})
 }

@@ -14,7 +14,7 @@ type Entry struct {
 	Pos Pos
 	// State is StateFailed, StateSkipped or StateAborted.
 	State State
-	// Flags carries EntryReplayed and future bits.
+	// Flags carries EntryReplayed, EntryUnconfirmed and future bits.
 	Flags EntryFlags
 	// Key is the event's ordering key.
 	Key []byte
@@ -45,6 +45,11 @@ const (
 	// EntryReplayed marks an aborted event re-queued by Replay: it keeps its
 	// messageId and sets no barrier.
 	EntryReplayed EntryFlags = 1 << 0
+	// EntryUnconfirmed marks a failed entry whose last failure is not
+	// counted in Attempts yet: the router counts it once the destination
+	// is seen delivering other events after it (a message problem, not an
+	// outage).
+	EntryUnconfirmed EntryFlags = 1 << 1
 )
 
 // ResponseBytesMax caps Entry.Response.

@@ -304,8 +304,12 @@ func (s *Sim) checkAbort(d *dest, e engine.Entry) {
 			s.violate("abort", d, ev.key, []uint64{e.Seq}, "event %d aborted after %d attempts, MinAttempts is %d: %q", e.Seq, e.Attempts, pol.MinAttempts, r)
 		case d.soloFail[e.Seq] < int(e.Attempts):
 			s.violate("abort", d, ev.key, []uint64{e.Seq}, "event %d charged %d attempts but failed alone only %d times: %q", e.Seq, e.Attempts, d.soloFail[e.Seq], r)
-		case s.k.Mode&(ModeTransient|ModeAmbiguous) == 0 && !s.tolerate(KnownOutageAbort):
-			s.violate("abort", d, ev.key, []uint64{e.Seq}, "event %d aborted although only outages failed requests (%d attempts charged): %q", e.Seq, e.Attempts, r)
+		case d.confirmedFail[e.Seq] < int(e.Attempts) && !s.tolerate(KnownOutageAbort):
+			// An outage is never charged to an event: a failure counts
+			// only if the destination delivered another request sent
+			// after it (the policy's evidence of a message problem).
+			s.violate("abort", d, ev.key, []uint64{e.Seq}, "event %d charged %d attempts, but only %d of its failures were followed by a delivery of other events (outage failures charged): %q",
+				e.Seq, e.Attempts, d.confirmedFail[e.Seq], r)
 		}
 	case strings.HasPrefix(r, "expired"):
 		at := e.LastAttempt

@@ -50,11 +50,17 @@ type dest struct {
 	ambiguous    map[uint64]bool
 	knownAborted map[uint64]bool
 	replayed     map[uint64]bool
-	soloFail     map[uint64]int   // retryable failures of one-event requests
-	solo4xx      map[uint64]int32 // refusals of one-event requests
-	keyOut       map[string]int   // requests in flight per key (replays aside)
-	keyPtr       map[string]int   // per key: events before it are all delivered or replayed
-	firstOrder   map[string][]uint64
+	soloFail     map[uint64]int // retryable failures of one-event requests
+	// pendingFail is when an event's latest lone failure was seen, until
+	// the destination delivers a request sent after it (then it counts in
+	// confirmedFail, the failures the router may charge) or the event
+	// fails again.
+	pendingFail   map[uint64]time.Time
+	confirmedFail map[uint64]int
+	solo4xx       map[uint64]int32 // refusals of one-event requests
+	keyOut        map[string]int   // requests in flight per key (replays aside)
+	keyPtr        map[string]int   // per key: events before it are all delivered or replayed
+	firstOrder    map[string][]uint64
 }
 
 // faultSpec is how a destination misbehaves, drawn per run.
@@ -194,6 +200,7 @@ func (d *dest) resetTracking() {
 	d.delivered, d.firstCrash, d.firstRestart = map[uint64]int{}, map[uint64]int{}, map[uint64]int{}
 	d.ambiguous, d.knownAborted, d.replayed = map[uint64]bool{}, map[uint64]bool{}, map[uint64]bool{}
 	d.soloFail, d.solo4xx = map[uint64]int{}, map[uint64]int32{}
+	d.pendingFail, d.confirmedFail = map[uint64]time.Time{}, map[uint64]int{}
 	d.keyOut, d.keyPtr, d.firstOrder = map[string]int{}, map[string]int{}, map[string][]uint64{}
 }
 
@@ -333,11 +340,20 @@ func (s *Sim) complete(d *dest, f *flight) {
 		// after a longer one shortens the pause.
 		d.throttledUntil = s.now().Add(f.res.RetryAfter)
 	}
+	if f.res.Err == nil && f.res.Status >= 200 && f.res.Status < 300 {
+		for q, at := range d.pendingFail {
+			if !f.start.Before(at) && !slices.Contains(f.seqs, q) {
+				d.confirmedFail[q]++
+				delete(d.pendingFail, q)
+			}
+		}
+	}
 	if len(f.seqs) == 1 {
 		q := f.seqs[0]
 		switch st := f.res.Status; {
 		case f.res.Err != nil || st >= 500 || st == 408:
 			d.soloFail[q]++
+			d.pendingFail[q] = s.now()
 		case st >= 400 && st < 500 && st != 429:
 			d.solo4xx[q] = int32(st)
 		}
@@ -355,7 +371,13 @@ func (s *Sim) noteAborts(d *dest, f *flight) {
 	if n == d.lastAborted {
 		return
 	}
-	if f != nil {
+	if f == nil {
+		// Aborted when its retry came due (expired, or its last failure
+		// charged): the dead letter is stored by now.
+		if err := s.loadAborted(d); err != nil {
+			s.violate("harness", d, "", nil, "cannot list aborted entries: %v", err)
+		}
+	} else {
 		if len(f.seqs) == 1 && n == d.lastAborted+1 {
 			d.knownAborted[f.seqs[0]] = true
 			s.tracef("aborted %s %s", d.name, s.fmtSeqs(f.seqs))

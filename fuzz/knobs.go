@@ -215,15 +215,16 @@ const (
 	// without an ambiguous attempt), or delivered after having been
 	// aborted, and then out of order.
 	KnownRestartForgets Known = 1 << iota
-	// KnownOutageAbort (BUG-OUTAGE-ABORT): retryable failures are charged
-	// to the event while the health ring still holds the successes from
-	// before an outage (or when only one key is sending), so an event
-	// that only ever saw outage failures is aborted after MinAttempts.
+	// KnownOutageAbort (BUG-OUTAGE-ABORT, fixed): retryable failures were
+	// charged to the event while the health ring still held the
+	// successes from before an outage (or when only one key was sending),
+	// so an event that only ever saw outage failures was aborted after
+	// MinAttempts.
 	KnownOutageAbort
 )
 
-// Tolerated are the known bugs that do not fail a run (yet).
-var Tolerated = KnownOutageAbort
+// Tolerated are the known bugs that do not fail a run (yet): none.
+var Tolerated Known
 
 func (k Known) String() string {
 	var parts []string

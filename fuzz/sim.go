@@ -305,10 +305,10 @@ func (s *Sim) stepDest(d *dest) {
 		d.stepErr = true
 		s.violate("router", d, "", nil, "machine stopped: %v", err)
 	}
+	s.noteAborts(d, nil) // events aborted in Step are final before what it sends
 	for _, disp := range ds {
 		s.dispatch(d, disp)
 	}
-	s.noteAborts(d, nil)
 	s.checkBounds(d)
 	// A machine that keeps asking to be woken almost at once and then
 	// sends nothing spins Router.Run's loop (a busy wait).

@@ -359,24 +359,27 @@ func TestBugRestartForgets(t *testing.T) {
 	}
 }
 
-// BUG-OUTAGE-ABORT: a destination down for 1.8s aborts an event that only
-// ever saw 503s. health.failure charges a failure to the event unless the
-// health ring already looks down, which needs FailureMin failures from at
-// least two keys and FailureRatio of the ring: with the ring full of the
-// successes from before the outage, or with one key sending (every event of
-// d1 below is key u1), the first failures of an outage are charged, and
-// with a short retry backoff MinAttempts is reached before the breaker
-// opens. Minimal trace (d1: MinAttempts 3, BackoffInitial 10ms, 2 users):
+// BUG-OUTAGE-ABORT (fixed): a destination down for 1.8s aborted an event
+// that only ever saw 503s. health.failure charged a failure to the event
+// unless the health ring already looked down, which needs FailureMin
+// failures from at least two keys and FailureRatio of the ring: with the
+// ring full of the successes from before the outage, or with one key
+// sending (every event of d1 below is key u1), the first failures of an
+// outage were charged, and with a short retry backoff MinAttempts was
+// reached before the breaker opened. Trace (d1: MinAttempts 3,
+// BackoffInitial 10ms, 2 users):
 //
 //	3627.9305s send [#79:u1 ... 11 events of u1] -> 503 (isolated)
 //	3627.9449s send [#79:u1] -> 503   (charged 1)
 //	3627.9644s send [#79:u1] -> 503   (charged 2)
 //	3627.9908s send [#79:u1] -> 503   (charged 3) -> aborted "failed 3 times: status 503"
 //
-// and with MinAttempts 1 the first 503 of an outage aborts
-// (seed=108,steps=6,users=1,dests=1,mode=0x8008).
+// and with MinAttempts 1 the first 503 of an outage aborted
+// (seed=108,steps=6,users=1,dests=1,mode=0x8008). Fixed by charging a
+// failure only once the destination delivers other events after it
+// (health.confirms, core.chargeDue); checkAbort now demands that evidence
+// for every charged attempt.
 func TestBugOutageAbort(t *testing.T) {
-	t.Skip("BUG: outage failures are charged to events until the breaker opens (BUG-OUTAGE-ABORT); remove the skip and KnownOutageAbort from Tolerated once fixed")
 	for _, s := range []string{"seed=150,steps=55,users=2,dests=2,mode=0x8008", "seed=108,steps=6,users=1,dests=1,mode=0x8008"} {
 		k, _ := ParseKnobs(s, Knobs{Strict: KnownOutageAbort})
 		if rep := Run(k); rep.Failed() {

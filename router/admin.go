@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -109,6 +110,10 @@ func (a *Admin) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/destinations/{name}/dlq/purge", a.dlqEdit(false))
 	mux.HandleFunc("POST /v1/destinations/{name}/pause", a.pause(true))
 	mux.HandleFunc("POST /v1/destinations/{name}/resume", a.pause(false))
+	// Go's profiler, for operators (behind the same token).
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if a.token != "" {
 			got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")

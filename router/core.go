@@ -38,16 +38,22 @@ type item struct {
 	ev       Event  // slices into buf
 	state    itemState
 	entry    *engine.Entry // the stored entry, for the entry path
-	solo     bool          // send alone (isolating a batch failure)
-	attempts uint32
-	first    int64 // first failure, Unix ns
-	last     int64 // last attempt, Unix ns
-	status   int32
-	reason   string
-	response []byte
-	size     int
-	due      int64 // retry time of a failed window event, Unix ns
-	replayed bool
+	// split caps the requests the event goes in (0: no cap): halved each
+	// time a request with it is refused or fails, so that a bad event in
+	// a batch is found by bisection and goes alone in the end.
+	split int
+	attempts uint32        // failures charged to the event
+	// unconfirmed: the last failure is not charged yet (see
+	// health.confirms); it is when the event's retry comes due.
+	unconfirmed bool
+	first       int64 // first failure, Unix ns
+	last        int64 // last attempt, Unix ns
+	status      int32
+	reason      string
+	response    []byte
+	size        int
+	due         int64 // retry time of a failed window event, Unix ns
+	replayed    bool
 	// persisted: the event has a stored entry (loaded from one, or spilled
 	// while in flight); its outcome is recorded as an entry transition.
 	persisted bool
@@ -323,7 +329,7 @@ func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 	if !c.cfg.Ordering {
 		for len(c.loose) > 0 && len(b.items) < max {
 			it := c.loose[0]
-			if it.solo && len(b.items) > 0 {
+			if !fits(it, len(b.items), &max) {
 				break
 			}
 			c.loose = c.loose[1:]
@@ -332,15 +338,12 @@ func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 			}
 			it.state = inflight
 			b.items = append(b.items, it)
-			if it.solo {
-				break
-			}
 		}
 		return b.forWindow()
 	}
 	for len(c.ready) > 0 && len(b.items) < max {
 		ks := c.ready[0]
-		if len(ks.pending) > 0 && ks.pending[0].solo && len(b.items) > 0 {
+		if m := max; len(ks.pending) > 0 && !fits(ks.pending[0], len(b.items), &m) {
 			break
 		}
 		c.ready = c.ready[1:]
@@ -350,7 +353,7 @@ func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 		}
 		for len(ks.pending) > 0 && len(b.items) < max {
 			it := ks.pending[0]
-			if it.solo && len(b.items) > 0 {
+			if !fits(it, len(b.items), &max) {
 				break
 			}
 			ks.pending = ks.pending[1:]
@@ -360,18 +363,25 @@ func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 			it.state = inflight
 			ks.busy = true
 			b.items = append(b.items, it)
-			if it.solo {
-				break
-			}
 		}
 		if !ks.busy {
 			c.forget(ks)
 		}
-		if len(b.items) > 0 && b.items[len(b.items)-1].solo {
-			break
-		}
 	}
 	return b.forWindow()
+}
+
+// fits reports whether it may join a request that has n events, and lowers
+// the request's cap max to the event's split cap.
+func fits(it *item, n int, max *int) bool {
+	if it.split == 0 {
+		return true
+	}
+	if n >= it.split {
+		return false
+	}
+	*max = min(*max, it.split)
+	return true
 }
 
 // forWindow links a window batch's events to it (nil when empty).
@@ -406,18 +416,18 @@ func (c *core) complete(b *batch, now time.Time) {
 	key := b.items[0].key
 	switch out {
 	case outSuccess:
-		c.health.success(key)
+		c.health.success(key, b.start, true)
 		c.stats.Delivered += uint64(len(b.items))
 		c.settle(b, now)
 	case outThrottled:
-		c.health.success(key) // it answered: it is up
+		c.health.success(key, b.start, false) // it answered: it is up
 		c.stats.Throttled++
 		c.throttledUntil = now.Add(max(res.RetryAfter, c.pol.BackoffInitial))
 		c.requeue(b, false)
 	case outAbort:
-		c.health.success(key) // it answered: it is up
+		c.health.success(key, b.start, false) // it answered: it is up
 		if len(b.items) > 1 {
-			c.requeue(b, true) // find the event it refuses
+			c.requeue(b, true) // bisect to find the event it refuses
 			return
 		}
 		it := b.items[0]
@@ -428,7 +438,7 @@ func (c *core) complete(b *batch, now time.Time) {
 		c.abort(it, res, fmt.Sprintf("rejected with status %d", res.Status), now)
 		c.release(b)
 	case outRetryable:
-		if !c.health.failure(key, now, c.cfg.Rand) {
+		if !c.health.failure(key, b.start, now, c.cfg.Rand) {
 			c.stats.OutageAttempts++
 			if c.health.state == BackingOff && c.health.failures == 1 {
 				c.stats.BreakerOpened++
@@ -441,7 +451,7 @@ func (c *core) complete(b *batch, now time.Time) {
 			c.requeue(b, true)
 			return
 		}
-		c.charge(b.items[0], res, now)
+		c.fail(b.items[0], res, now)
 		c.release(b)
 	}
 }
@@ -492,9 +502,17 @@ func (c *core) releaseKeys(b *batch, drain bool) {
 }
 
 // requeue puts a batch's events back unchanged (not charged): before the
-// key's other waiting events, in order. isolate marks them to be sent one
-// at a time.
-func (c *core) requeue(b *batch, isolate bool) {
+// key's other waiting events, in order. bisect halves their split cap: the
+// destination refused the request or failed it while it looks healthy, so
+// one of them is likely bad, and sending them in halves finds it in
+// log2(n) rounds (far cheaper than one by one when most are good).
+func (c *core) requeue(b *batch, bisect bool) {
+	half := (len(b.items) + 1) / 2
+	if bisect {
+		for _, it := range b.items {
+			it.split = half
+		}
+	}
 	var stored, win []*item
 	for _, it := range b.items {
 		if it.persisted {
@@ -504,16 +522,29 @@ func (c *core) requeue(b *batch, isolate bool) {
 		}
 	}
 	if len(stored) > 0 {
-		if isolate {
-			// Resend one by one, in order; they stay reserved so no drain
+		if bisect {
+			// Resend in halves, in order; they stay reserved so no drain
 			// or retry scan picks them up twice. They go first: the rest of
 			// a batch the rate limit split may be queued after them.
-			solos := make([]*batch, 0, len(stored)+len(c.work))
-			for _, it := range stored {
-				it.solo, it.state = true, waiting
-				solos = append(solos, &batch{items: []*item{it}, entry: true})
+			// An entry batch holds one key's events (nextEntryBatch goes
+			// by its first), and a spilled window batch may mix keys: the
+			// halves are cut per key.
+			var halves []*batch
+			for _, key := range keysOf(stored) {
+				var run []*item
+				for _, it := range stored {
+					if it.key == key {
+						it.state = waiting
+						run = append(run, it)
+					}
+				}
+				for len(run) > 0 {
+					n := min(half, len(run))
+					halves = append(halves, &batch{items: run[:n:n], entry: true})
+					run = run[n:]
+				}
 			}
-			c.work = append(solos, c.work...)
+			c.work = append(halves, c.work...)
 		} else {
 			for _, it := range stored {
 				delete(c.inFlightEntries, it.seq)
@@ -526,9 +557,6 @@ func (c *core) requeue(b *batch, isolate bool) {
 	for i := len(win) - 1; i >= 0; i-- {
 		it := win[i]
 		it.state, it.spill = waiting, false
-		if isolate {
-			it.solo = true
-		}
 		if !c.cfg.Ordering {
 			c.loose = append([]*item{it}, c.loose...)
 			continue
@@ -536,7 +564,18 @@ func (c *core) requeue(b *batch, isolate bool) {
 		ks := c.keyState(it.key)
 		ks.pending = append([]*item{it}, ks.pending...)
 	}
-	c.releaseKeys(b, !isolate)
+	c.releaseKeys(b, !bisect)
+}
+
+// keysOf returns the distinct keys of items, in order of first appearance.
+func keysOf(items []*item) []string {
+	var keys []string
+	for _, it := range items {
+		if !slices.Contains(keys, it.key) {
+			keys = append(keys, it.key)
+		}
+	}
+	return keys
 }
 
 // dropKeyWork withdraws a key's queued entry batches (the rest of a batch
@@ -562,10 +601,18 @@ func (c *core) dropKeyWork(key string) {
 	c.work = kept
 }
 
-// charge counts a failed attempt against the event: it is retried later, or
-// aborted once it failed MinAttempts times.
-func (c *core) charge(it *item, res Result, now time.Time) {
-	it.attempts++
+// fail records a retryable failure of a lone event while the destination
+// does not look down: the event is retried later. The failure is charged
+// (counts towards MinAttempts) only once the destination is seen delivering
+// other events after it (health.confirms), checked when the retry comes
+// due (chargeDue) or, failing that, at the next failure: until then it may
+// be the first sign of an outage that the breaker cannot tell yet (one key
+// sending, or too few failures), and an outage must never abort an event.
+func (c *core) fail(it *item, res Result, now time.Time) {
+	if it.unconfirmed && c.health.confirms(time.Unix(0, it.last)) {
+		it.attempts++
+	}
+	it.unconfirmed = true
 	it.last = now.UnixNano()
 	if it.first == 0 {
 		it.first = it.last
@@ -582,7 +629,7 @@ func (c *core) charge(it *item, res Result, now time.Time) {
 		return
 	}
 	c.stats.Failed++
-	due := now.Add(c.pol.backoff(int(it.attempts), c.cfg.Rand)).UnixNano()
+	due := now.Add(c.pol.retryDelay(int(it.attempts), now.Sub(time.Unix(0, it.first)), c.cfg.Rand)).UnixNano()
 	if it.persisted {
 		delete(c.inFlightEntries, it.seq)
 		e := c.entryOf(it, engine.StateFailed)
@@ -604,9 +651,27 @@ func (c *core) charge(it *item, res Result, now time.Time) {
 	}
 }
 
+// chargeDue charges a loaded failed entry's last failure if the destination
+// has since shown it was the message's fault, and aborts the event instead
+// of retrying it once MinAttempts failures are charged.
+func (c *core) chargeDue(it *item, now time.Time) (aborted bool) {
+	if !it.unconfirmed || !c.health.confirms(time.Unix(0, it.last)) {
+		return false
+	}
+	it.attempts++
+	it.unconfirmed = false
+	if int(it.attempts) < c.pol.MinAttempts {
+		return false
+	}
+	c.abort(it, Result{}, fmt.Sprintf("failed %d times: %s", it.attempts, it.reason), now)
+	c.afterEntryFinal(it, now)
+	return true
+}
+
 // abort gives up on an event: it goes to the dead letters with its reason.
 func (c *core) abort(it *item, res Result, reason string, now time.Time) {
 	it.reason = reason
+	it.unconfirmed = false
 	it.last = now.UnixNano()
 	if res.Status != 0 || res.Err != nil {
 		it.status, it.response = int32(res.Status), capBody(res.Body)
@@ -641,6 +706,9 @@ func (c *core) entryOf(it *item, s engine.State) engine.Entry {
 	}
 	if it.replayed {
 		e.Flags |= engine.EntryReplayed
+	}
+	if it.unconfirmed {
+		e.Flags |= engine.EntryUnconfirmed
 	}
 	return e
 }
@@ -949,7 +1017,7 @@ func (c *core) loadEntry(e *engine.Entry, now time.Time) *item {
 	rec, err := c.log.Read(e.Seq, e.Pos)
 	it := &item{seq: e.Seq, pos: e.Pos, key: string(e.Key), entry: e, attempts: e.Attempts, first: e.FirstFailure,
 		last: e.LastAttempt, status: e.LastStatus, reason: e.Reason, response: e.Response,
-		replayed: e.Flags&engine.EntryReplayed != 0, persisted: true}
+		replayed: e.Flags&engine.EntryReplayed != 0, unconfirmed: e.Flags&engine.EntryUnconfirmed != 0, persisted: true}
 	if err != nil {
 		it.ev = Event{Seq: e.Seq, Key: e.Key, ReceivedAt: e.ReceivedAt}
 		if errors.Is(err, engine.ErrNotFound) || errors.Is(err, engine.ErrCorrupt) {
@@ -966,6 +1034,9 @@ func (c *core) loadEntry(e *engine.Entry, now time.Time) *item {
 		c.stats.Expired++
 		c.abort(it, Result{}, fmt.Sprintf("expired: older than max_age %v", c.pol.MaxAge), now)
 		c.afterEntryFinal(it, now)
+		return nil
+	}
+	if c.chargeDue(it, now) {
 		return nil
 	}
 	return it

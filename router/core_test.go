@@ -152,6 +152,21 @@ func receivedAt(t time.Time) evOpt {
 	return func(r *engine.Record) { r.ReceivedAt = t.UnixNano() }
 }
 
+// otherTrafficAfter adds an event of a new key each time the request with
+// seq completes: the destination keeps delivering other users' events, the
+// evidence that seq's failures are its own (a message problem).
+func (h *harness) otherTrafficAfter(seq uint64) {
+	prev := h.onComplete
+	h.onComplete = func(h *harness, b *batch, s *send) {
+		if prev != nil {
+			prev(h, b, s)
+		}
+		if hasSeq(b, seq) {
+			h.add(fmt.Sprintf("other-%d", len(h.events)))
+		}
+	}
+}
+
 // add appends one event of key and returns its seq.
 func (h *harness) add(key string, opts ...evOpt) uint64 {
 	h.t.Helper()
@@ -549,8 +564,8 @@ func TestCoreFailingKeyDoesNotBlockOthers(t *testing.T) {
 			t.Errorf("skipped event %d was sent", s)
 		}
 	}
-	if ents[0].Attempts < 1 || ents[0].LastStatus != 500 || ents[0].FirstFailure == 0 || ents[0].DueAt == 0 {
-		t.Errorf("failed entry %+v lacks attempts, status, first failure or due time", ents[0])
+	if ents[0].Flags&engine.EntryUnconfirmed == 0 || ents[0].LastStatus != 500 || ents[0].FirstFailure == 0 || ents[0].DueAt == 0 {
+		t.Errorf("failed entry %+v lacks its failure (pending its charge), status, first failure or due time", ents[0])
 	}
 
 	// More of A arrive (skipped too, behind the barrier), and more of B.
@@ -594,8 +609,14 @@ func TestCoreSkippedReleasedInOrder(t *testing.T) {
 					h.add(fmt.Sprintf("K%d", i))
 				}
 			}
+			alone := 0 // sends of A1 alone
 			h.respond = func(h *harness, b *batch) Result {
-				if hasSeq(b, a1) && h.tries[a1] <= 2 {
+				if len(b.items) == 1 && hasSeq(b, a1) {
+					alone++
+				}
+				// A1 fails in any batch (bisection isolates it), and
+				// alone twice.
+				if hasSeq(b, a1) && (len(b.items) > 1 || alone <= 2) {
 					return Result{Status: 503}
 				}
 				return ok(h, b)
@@ -621,8 +642,8 @@ func TestCoreSkippedReleasedInOrder(t *testing.T) {
 			if wantDrains := (40 + bs - 1) / bs; drains != wantDrains {
 				t.Errorf("%d requests for A's skipped events, want %d", drains, wantDrains)
 			}
-			if h.tries[a1] != 3 {
-				t.Errorf("A1 tried %d times, want 3", h.tries[a1])
+			if alone != 3 {
+				t.Errorf("A1 tried alone %d times, want 3", alone)
 			}
 			h.check(true)
 		})
@@ -681,13 +702,16 @@ func TestCorePoison(t *testing.T) {
 		h.respond = func(h *harness, b *batch) Result {
 			if hasSeq(b, poison) {
 				if h.tries[poison] > 1 {
+					// The stored entry has the previous failure pending:
+					// it was charged in memory when the retry came due,
+					// after other users' events were delivered.
 					e, err := h.cons.Entry(poison)
 					if err != nil || e.State != engine.StateFailed {
 						t.Fatalf("retry of %d without a failed entry: %+v %v", poison, e, err)
 					}
 					dueAt = append(dueAt, e.DueAt)
-					if int(e.Attempts) != h.tries[poison]-1 {
-						t.Errorf("entry has %d attempts before try %d", e.Attempts, h.tries[poison])
+					if int(e.Attempts) != h.tries[poison]-2 || e.Flags&engine.EntryUnconfirmed == 0 {
+						t.Errorf("entry has %d attempts (flags %b) before try %d", e.Attempts, e.Flags, h.tries[poison])
 					}
 				}
 				return Result{Status: 500}
@@ -699,11 +723,12 @@ func TestCorePoison(t *testing.T) {
 				completedAt = append(completedAt, h.now())
 			}
 		}
+		h.otherTrafficAfter(poison)
 		// The pipe keeps moving: every other key is delivered before the
 		// poison's first retry.
 		h.runUntil("the poison retried", 10_000, func() bool { return h.tries[poison] == 2 })
 		for _, e := range h.events {
-			if e.key != "A" && !h.done[e.seq] {
+			if e.key != "A" && !strings.HasPrefix(e.key, "other-") && !h.done[e.seq] {
 				t.Errorf("event %d of %q not delivered while the poison waits for its retry", e.seq, e.key)
 			}
 		}
@@ -739,6 +764,64 @@ func TestCorePoison(t *testing.T) {
 		}
 		if h.c.health.state != Healthy || h.c.stats.OutageAttempts != 0 {
 			t.Errorf("breaker %s, outage attempts %d: a lone failing event must not look like an outage", h.c.health.state, h.c.stats.OutageAttempts)
+		}
+		h.check(true)
+	})
+}
+
+// With one user sending, an outage cannot open the breaker (that needs
+// failures from several keys) and looks like a failing event: its failures
+// are not charged, since nothing shows the destination works for others,
+// so the event is never aborted however long the outage (even with
+// MinAttempts 1), its retries spread out as the outage goes on, and it is
+// delivered, in order with the rest, once the destination is back
+// (BUG-OUTAGE-ABORT). The same event failing while other users' events are
+// delivered is a message problem and is aborted after MinAttempts.
+func TestCoreOutageOneKey(t *testing.T) {
+	for _, minAttempts := range []int{1, 3} {
+		t.Run(fmt.Sprint("min_attempts=", minAttempts), func(t *testing.T) {
+			h := newHarness(t, Config{Ordering: true, Policy: Policy{MinAttempts: minAttempts}})
+			seqs := h.addN("A", 5)
+			outageEnd := epoch.Add(10 * time.Minute)
+			h.respond = func(h *harness, b *batch) Result {
+				if h.now().Before(outageEnd) {
+					return Result{Status: 503, Body: []byte("down")}
+				}
+				return ok(h, b)
+			}
+			h.settle()
+			if ab := h.aborted(); len(ab) != 0 {
+				t.Fatalf("aborted %v: an outage seen by one key was charged to its event", ab)
+			}
+			if got := h.deliveredSeqs("A"); !slices.Equal(got, seqs) {
+				t.Errorf("delivered %v, want %v", got, seqs)
+			}
+			// The retries back off as the outage lasts: far fewer than one
+			// per BackoffInitial over ten minutes.
+			if n := h.tries[seqs[0]]; n < 3 || n > 60 {
+				t.Errorf("head tried %d times in a 10-minute outage", n)
+			}
+			h.check(true)
+		})
+	}
+	t.Run("lone failure then other traffic", func(t *testing.T) {
+		h := newHarness(t, Config{Ordering: true})
+		poison := h.add("A")
+		h.respond = func(h *harness, b *batch) Result {
+			if hasSeq(b, poison) {
+				return Result{Status: 500}
+			}
+			return ok(h, b)
+		}
+		h.runFor(time.Minute)
+		if _, found := h.aborted()[poison]; found || h.tries[poison] < 3 {
+			t.Fatalf("with no other traffic: tried %d times, aborted %v; want retried, not aborted", h.tries[poison], found)
+		}
+		h.otherTrafficAfter(poison)
+		h.settle()
+		e, found := h.aborted()[poison]
+		if !found || e.Attempts != 3 || !strings.Contains(e.Reason, "failed 3 times") {
+			t.Fatalf("once others are delivered: aborted %v, entry %+v", found, e)
 		}
 		h.check(true)
 	})
@@ -1097,7 +1180,7 @@ func TestCoreReplay(t *testing.T) {
 	a3 := h.add("A")
 	h.runUntil("the replayed event's failure stored", 1000, func() bool {
 		e, err := h.cons.Entry(a1)
-		return err == nil && e.State == engine.StateFailed && e.Attempts == 1
+		return err == nil && e.State == engine.StateFailed && e.LastAttempt > 0 && e.Flags&engine.EntryUnconfirmed != 0
 	})
 	e, _ := h.cons.Entry(a1)
 	if e.Flags&engine.EntryReplayed == 0 {
@@ -1124,10 +1207,11 @@ func TestCoreReplay(t *testing.T) {
 	h.check(true)
 }
 
-// A batch the destination refuses is split: its events go one by one and
-// only the one refused alone is aborted, both for window batches and for
-// batches of released skipped events. A retryable failure or a 429 of one
-// event inside a released batch holds the key's later events back.
+// A batch the destination refuses is bisected: its events go again in
+// halves, a refused half is halved again, and only the event refused alone
+// is aborted, both for window batches and for batches of released skipped
+// events. A retryable failure or a 429 of one event inside a released batch
+// holds the key's later events back.
 func TestCoreBatchIsolation(t *testing.T) {
 	t.Run("window", func(t *testing.T) {
 		h := newHarness(t, Config{Ordering: true, BatchSize: 5, ConcurrencyInitial: 1})
@@ -1152,21 +1236,28 @@ func TestCoreBatchIsolation(t *testing.T) {
 		if ab := h.aborted(); len(ab) != 1 || ab[poison].Seq != poison {
 			t.Fatalf("aborted %v, want only %d", ab, poison)
 		}
-		// The refused batch had several events; each was sent alone next,
-		// once, and the others were delivered; batching then resumed.
+		// The refused batch had several events; they went again in
+		// halves (5 -> 3 -> 2 -> 1: the poison refused alone once, after
+		// at most three more refusals), the others were delivered, each
+		// sent at most four times; batching then resumed.
 		i := slices.IndexFunc(h.sends, func(s *send) bool { return slices.Contains(s.seqs, poison) })
 		refused := h.sends[i]
-		if len(refused.seqs) < 2 || refused.res.Status != 400 {
+		if len(refused.seqs) != 5 || refused.res.Status != 400 {
 			t.Fatalf("first request with the poison: %+v", refused)
 		}
+		var withPoison []int // sizes of the requests with the poison
 		last := i
-		for _, seq := range refused.seqs {
-			j := i + 1 + slices.IndexFunc(h.sends[i+1:], func(s *send) bool { return slices.Contains(s.seqs, seq) })
-			if j == i || len(h.sends[j].seqs) != 1 {
-				t.Errorf("event %d of the refused batch not resent alone", seq)
+		for j, s := range h.sends {
+			if slices.Contains(s.seqs, poison) {
+				withPoison = append(withPoison, len(s.seqs))
+				last = j
 			}
-			last = max(last, j)
-			if seq != poison && (h.tries[seq] != 2 || !h.done[seq]) {
+		}
+		if !slices.Equal(withPoison, []int{5, 3, 2, 1}) && !slices.Equal(withPoison, []int{5, 3, 1}) && !slices.Equal(withPoison, []int{5, 2, 1}) {
+			t.Errorf("requests with the poison had %v events, want halving down to 1", withPoison)
+		}
+		for _, seq := range refused.seqs {
+			if seq != poison && (h.tries[seq] < 2 || h.tries[seq] > 4 || !h.done[seq]) {
 				t.Errorf("event %d of the refused batch sent %d times, delivered %v", seq, h.tries[seq], h.done[seq])
 			}
 		}
@@ -1183,19 +1274,21 @@ func TestCoreBatchIsolation(t *testing.T) {
 			h.addN("B", 3)
 			bad := aLater[3] // in the first released batch, aLater[0:5]
 			stalled := aLater[1]
-			solo := map[uint64]int{} // sends of a released event alone
+			solo := map[uint64]int{} // sends of an event alone
+			stalls := 0
 			h.respond = func(h *harness, b *batch) Result {
-				if b.entry && len(b.items) == 1 {
+				if len(b.items) == 1 {
 					solo[b.items[0].seq]++
 				}
 				switch {
-				case hasSeq(b, a1) && h.tries[a1] <= 2:
-					return Result{Status: 500} // in its window batch, then alone
+				case hasSeq(b, a1) && (len(b.items) > 1 || solo[a1] <= 1):
+					return Result{Status: 500} // in its window batches, then alone
 				case hasSeq(b, bad) && (mode == "400" || len(b.items) > 1):
 					return Result{Status: 400}
 				case mode == "500" && hasSeq(b, bad) && solo[bad] <= 2:
 					return Result{Status: 500} // fails twice alone, then goes
-				case mode == "429" && b.entry && len(b.items) == 1 && b.items[0].seq == stalled && solo[stalled] == 1:
+				case mode == "429" && b.entry && hasSeq(b, stalled) && stalls == 0:
+					stalls++
 					return Result{Status: 429, RetryAfter: 3 * time.Second}
 				}
 				return ok(h, b)
@@ -1440,6 +1533,7 @@ func TestCorePoisonDoesNotHoldOpenBreaker(t *testing.T) {
 		}
 		return ok(h, b)
 	}
+	h.otherTrafficAfter(a1)
 	h.runUntil("breaker open", 10_000, func() bool { return h.c.health.state != Healthy })
 	opened := h.now()
 	later := []uint64{h.add("B"), h.add("C"), h.add("D")}

@@ -19,10 +19,10 @@ const (
 
 func (s BreakerState) String() string { return [...]string{"healthy", "backing_off", "probing"}[s] }
 
-// health tracks recent attempts and the breaker. It tells a message
-// problem (one event failing while others succeed: charge the event) from a
-// destination problem (many unrelated events failing: back off, charge
-// nothing).
+// health tracks recent attempts and the breaker. It tells a destination
+// problem (many unrelated events failing: back off, charge nothing) from a
+// message problem (one event failing while others succeed: charge the
+// event; see confirms).
 type health struct {
 	p        *Policy
 	ring     []attempt
@@ -30,19 +30,22 @@ type health struct {
 	state    BreakerState
 	until    time.Time // end of the current backoff
 	failures int       // consecutive breaker openings, for the backoff
+	opened   time.Time // when the breaker last opened
 }
 
+// attempt is one answered request: ok when the destination answered at
+// all (2xx, a refusal, a throttle), delivered when it took the events.
 type attempt struct {
-	ok  bool
-	key string
+	ok, delivered bool
+	key           string
+	start         time.Time
 }
 
 func newHealth(p *Policy) *health {
 	return &health{p: p, ring: make([]attempt, 0, p.HealthWindow)}
 }
 
-func (h *health) record(ok bool, key string) {
-	a := attempt{ok, key}
+func (h *health) record(a attempt) {
 	if len(h.ring) < cap(h.ring) {
 		h.ring = append(h.ring, a)
 		return
@@ -69,9 +72,10 @@ func (h *health) looksDown() bool {
 	return fails >= h.p.FailureMin && k2 != "" && float64(fails) >= h.p.FailureRatio*float64(len(h.ring))
 }
 
-// success records a delivered attempt; a probe's success closes the breaker.
-func (h *health) success(key string) {
-	h.record(true, key)
+// success records an answered attempt (delivered: 2xx); a probe's answer
+// closes the breaker.
+func (h *health) success(key string, start time.Time, delivered bool) {
+	h.record(attempt{ok: true, delivered: delivered, key: key, start: start})
 	if h.state != Healthy {
 		h.state, h.failures = Healthy, 0
 		h.ring = h.ring[:0]
@@ -82,7 +86,7 @@ func (h *health) success(key string) {
 // failure records a retryable failure and reports whether it is charged to
 // the event (a message problem) or not (the destination is down: the
 // breaker is open now).
-func (h *health) failure(key string, now time.Time, rnd Rand) (charged bool) {
+func (h *health) failure(key string, start, now time.Time, rnd Rand) (charged bool) {
 	switch h.state {
 	case BackingOff:
 		// A request sent before the breaker opened: it says nothing new,
@@ -92,7 +96,7 @@ func (h *health) failure(key string, now time.Time, rnd Rand) (charged bool) {
 		h.open(now, rnd)
 		return false
 	}
-	h.record(false, key)
+	h.record(attempt{key: key, start: start})
 	if h.looksDown() {
 		h.open(now, rnd)
 		return false
@@ -100,7 +104,32 @@ func (h *health) failure(key string, now time.Time, rnd Rand) (charged bool) {
 	return true
 }
 
+// confirms reports whether a lone event's failure at failedAt was a message
+// problem: since then the destination delivered most of the requests sent
+// after it (at least one), and the breaker has not opened. Until then the
+// failure may have been the first sign of an outage (with one key sending,
+// or before enough keys failed to open the breaker), and it is not charged.
+func (h *health) confirms(failedAt time.Time) bool {
+	if !h.opened.Before(failedAt) && !h.opened.IsZero() {
+		return false
+	}
+	delivered, failed := 0, 0
+	for _, a := range h.ring {
+		if a.start.Before(failedAt) {
+			continue // sent before the failure was seen
+		}
+		switch {
+		case a.delivered:
+			delivered++
+		case !a.ok:
+			failed++
+		}
+	}
+	return delivered > 0 && delivered > failed
+}
+
 func (h *health) open(now time.Time, rnd Rand) {
+	h.opened = now
 	h.failures++
 	h.state = BackingOff
 	h.until = now.Add(h.p.backoff(h.failures, rnd))

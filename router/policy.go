@@ -8,9 +8,11 @@ import (
 // Policy is a destination's retry and classification rules. Zero fields
 // take the defaults documented on each.
 type Policy struct {
-	// MinAttempts: a message failure (the destination healthy, this event
-	// failing) is retried until it has failed this many times, then aborted.
-	// Default 3.
+	// MinAttempts: a message failure (this event failing while the
+	// destination delivers others) is retried until this many failures
+	// are charged, then aborted. A failure is charged once the destination
+	// delivers requests sent after it (health.confirms); outage failures
+	// never are. Default 3.
 	MinAttempts int
 	// MaxAge: an event older than this (since received) is aborted as
 	// expired instead of attempted. Default 72h.
@@ -126,6 +128,23 @@ func (p *Policy) backoff(n int, rnd Rand) time.Duration {
 	for i := 1; i < n && d < p.BackoffMax; i++ {
 		d *= 2
 	}
+	return p.jitter(d, rnd)
+}
+
+// retryDelay is a failed event's wait before its next attempt, with full
+// jitter: up to the longer of the backoff for its charged attempts and how
+// long it has been failing, capped at BackoffMax. Failures not charged (not
+// yet shown to be the message's fault) still space its retries out.
+func (p *Policy) retryDelay(charged int, failingFor time.Duration, rnd Rand) time.Duration {
+	d := p.BackoffInitial
+	for i := 1; i < charged && d < p.BackoffMax; i++ {
+		d *= 2
+	}
+	return p.jitter(max(d, failingFor), rnd)
+}
+
+// jitter draws uniformly in [0, min(d, BackoffMax)], plus a millisecond.
+func (p *Policy) jitter(d time.Duration, rnd Rand) time.Duration {
 	d = min(d, p.BackoffMax)
 	return time.Duration(rnd.Int64N(int64(d))) + time.Millisecond
 }

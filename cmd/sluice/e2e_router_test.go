@@ -147,11 +147,6 @@ func TestE2EDeliveryWithFaults(t *testing.T) {
 		switch {
 		case reason == "":
 			t.Errorf("dead letter %s has no reason", mid)
-		case !sink.IsPoison(mid, poisonPercent) && strings.Contains(reason, "failed"):
-			// Known, open (BUG-OUTAGE-ABORT, fuzz/TestBugOutageAbort): a
-			// process that starts in the middle of an outage charges its
-			// first failures before the breaker can tell it is an outage.
-			t.Logf("healthy event %s aborted by outage failures (known bug BUG-OUTAGE-ABORT): %s", mid, reason)
 		case !sink.IsPoison(mid, poisonPercent):
 			t.Errorf("healthy event %s aborted: %s", mid, reason)
 		}
