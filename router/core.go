@@ -58,6 +58,9 @@ type item struct {
 	// while in flight); its outcome is recorded as an entry transition.
 	persisted bool
 	spill     bool   // in flight when the window filled: store it as failed
+	// spillHead: stored by spillEntry as its key's failed head, due only
+	// after its request's timeout.
+	spillHead bool
 	batch     *batch // the window batch it was sent in
 }
 
@@ -423,11 +426,11 @@ func (c *core) complete(b *batch, now time.Time) {
 		c.health.success(key, b.start, false) // it answered: it is up
 		c.stats.Throttled++
 		c.throttledUntil = now.Add(max(res.RetryAfter, c.pol.BackoffInitial))
-		c.requeue(b, false)
+		c.requeue(b, false, now)
 	case outAbort:
 		c.health.success(key, b.start, false) // it answered: it is up
 		if len(b.items) > 1 {
-			c.requeue(b, true) // bisect to find the event it refuses
+			c.requeue(b, true, now) // bisect to find the event it refuses
 			return
 		}
 		it := b.items[0]
@@ -444,11 +447,11 @@ func (c *core) complete(b *batch, now time.Time) {
 				c.stats.BreakerOpened++
 				c.logger.Warn("destination looks down; backing off", "destination", c.cfg.Name, "status", res.Status, "err", res.Err, "until", c.health.until)
 			}
-			c.requeue(b, false)
+			c.requeue(b, false, now)
 			return
 		}
 		if len(b.items) > 1 {
-			c.requeue(b, true)
+			c.requeue(b, true, now)
 			return
 		}
 		c.fail(b.items[0], res, now)
@@ -506,7 +509,7 @@ func (c *core) releaseKeys(b *batch, drain bool) {
 // destination refused the request or failed it while it looks healthy, so
 // one of them is likely bad, and sending them in halves finds it in
 // log2(n) rounds (far cheaper than one by one when most are good).
-func (c *core) requeue(b *batch, bisect bool) {
+func (c *core) requeue(b *batch, bisect bool, now time.Time) {
 	half := (len(b.items) + 1) / 2
 	if bisect {
 		for _, it := range b.items {
@@ -548,6 +551,20 @@ func (c *core) requeue(b *batch, bisect bool) {
 		} else {
 			for _, it := range stored {
 				delete(c.inFlightEntries, it.seq)
+				if it.spillHead {
+					// Answered (throttled, or the destination is down):
+					// due now rather than after the timeout it was stored
+					// with; the throttle or the breaker paces it.
+					e := c.entryOf(it, engine.StateFailed)
+					e.DueAt = now.UnixNano()
+					if e.Reason == "" {
+						e.Reason = spillReason
+					}
+					c.txn.Put(e)
+					c.flush(now, true)
+					c.refreshDue()
+					it.spillHead = false
+				}
 				if !it.replayed {
 					c.dropKeyWork(it.key)
 				}
@@ -826,6 +843,8 @@ func (c *core) stop(now time.Time) {
 	c.flush(now, true)
 }
 
+const spillReason = "in flight when the read-ahead window filled"
+
 // spillEntry stores an in-flight window event so the cursor can pass it:
 // as the failed head of its key (due after its request's timeout, with a
 // barrier), or as skipped when earlier events of the key are already
@@ -844,8 +863,9 @@ func (c *core) spillEntry(it *item, now time.Time) {
 	if state == engine.StateFailed {
 		e.DueAt = now.Add(c.cfg.Timeout + time.Second).UnixNano()
 		if e.Reason == "" {
-			e.Reason = "in flight when the read-ahead window filled"
+			e.Reason = spillReason
 		}
+		it.spillHead = true
 	}
 	c.txn.Put(e)
 	it.persisted = true

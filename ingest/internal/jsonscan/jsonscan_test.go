@@ -3,6 +3,7 @@ package jsonscan
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 )
 
@@ -91,4 +92,24 @@ func FuzzDocument(f *testing.F) {
 			t.Fatalf("Document err=%v but encoding/json valid=%v for %q", err, json.Valid(b), b)
 		}
 	})
+}
+
+// BenchmarkDocument measures the validating scan over a batch of ~600-byte
+// analytics events (the ingest hot path scans each byte a few times).
+func BenchmarkDocument(b *testing.B) {
+	var doc []byte
+	doc = append(doc, `{"batch":[`...)
+	for i := range 100 {
+		if i > 0 {
+			doc = append(doc, ',')
+		}
+		doc = fmt.Appendf(doc, `{"type":"track","event":"Product Viewed","userId":"user-%d","anonymousId":"anon-%08d-5c1e-4b7a-9f0e-1d2c3b4a5968","messageId":"msg-%012d-0000-4000-8000-000000000000","timestamp":"2026-11-26T12:00:00.000Z","properties":{"product_id":"sku-%d","name":"Monopoly: 3rd Edition","price":19.99,"currency":"USD"},"context":{"library":{"name":"analytics.js","version":"5.2.0"},"page":{"path":"/p","title":"Shop","url":"https://shop.example/p"},"userAgent":"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0","locale":"en-US"}}`, i, i, i, i)
+	}
+	doc = append(doc, `]}`...)
+	b.SetBytes(int64(len(doc)))
+	for b.Loop() {
+		if _, _, err := Document(doc); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
