@@ -31,18 +31,18 @@ const (
 // item is one event held by the router: read into the window (seq at or
 // past the cursor) or loaded from a stored entry (seq below it).
 type item struct {
-	seq      uint64
-	pos      engine.Pos
-	key      string
-	buf      []byte // owned copy of the record's fields
-	ev       Event  // slices into buf
-	state    itemState
-	entry    *engine.Entry // the stored entry, for the entry path
+	seq   uint64
+	pos   engine.Pos
+	key   string
+	buf   []byte // owned copy of the record's fields
+	ev    Event  // slices into buf
+	state itemState
+	entry *engine.Entry // the stored entry, for the entry path
 	// split caps the requests the event goes in (0: no cap): halved each
 	// time a request with it is refused or fails, so that a bad event in
 	// a batch is found by bisection and goes alone in the end.
-	split int
-	attempts uint32        // failures charged to the event
+	split    int
+	attempts uint32 // failures charged to the event
 	// unconfirmed: the last failure is not charged yet (see
 	// health.confirms); it is when the event's retry comes due.
 	unconfirmed bool
@@ -57,7 +57,7 @@ type item struct {
 	// persisted: the event has a stored entry (loaded from one, or spilled
 	// while in flight); its outcome is recorded as an entry transition.
 	persisted bool
-	spill     bool   // in flight when the window filled: store it as failed
+	spill     bool // in flight when the window filled: store it as failed
 	// spillHead: stored by spillEntry as its key's failed head, due only
 	// after its request's timeout.
 	spillHead bool
