@@ -34,9 +34,11 @@ const messageIDBytesMax = 256
 const keyBytesMax = 1024
 
 // batchContext holds a batch request's top-level fields that apply to every
-// event in it (raw value spans of the request body).
+// event in it (raw value spans of the request body), and the members of its
+// context.
 type batchContext struct {
 	context, integrations, sentAt []byte
+	ctxMembers                    []ctxMember
 }
 
 // requestInfo is what the request itself contributes to each event.
@@ -61,18 +63,37 @@ func (e *eventError) Error() string {
 	return fmt.Sprintf("event %d: %s", e.index, e.msg)
 }
 
-// builder turns raw client events into enriched ones, appending their JSON
-// to out and their record fields to meta; records are made at the end, once
-// out stops moving. One builder serves one request; builders are pooled.
+// builder turns raw client events into enriched ones in two steps. Collect
+// (collectEvent, in the request's one validating pass over the body) notes
+// each event's members and its context's members; add (addEvent, once the
+// whole request is read, batch-level fields included) checks them and
+// appends the enriched JSON to out and the record fields to meta. Records
+// are made at the end, once out stops moving. No byte is scanned twice.
+// One builder serves one request; builders are pooled.
 type builder struct {
-	out      []byte
-	fields   []byte // unquoted messageId and key values
-	meta     []eventMeta
-	recs     []engine.Record
-	members  []member
-	ctxKeys  []span
-	maxEvent int
+	out        []byte
+	fields     []byte // unquoted messageId and key values
+	meta       []eventMeta
+	recs       []engine.Record
+	events     []rawEvent
+	members    []member    // of every collected event
+	ctxMembers []ctxMember // of every collected event's context
+	cur        []member    // the event being added
+	curCtx     []ctxMember
+	vals       [mKinds]span // the event being added: last value of each kind
+	maxEvent   int
 }
+
+// rawEvent is a collected event: its span in the body and its members.
+type rawEvent struct {
+	s, e             int
+	notObject        bool
+	members, ctxMems span // ranges of builder.members and builder.ctxMembers
+}
+
+// ctxMember is one member of a context object: key (without quotes) and
+// value spans.
+type ctxMember struct{ key, val span }
 
 type span struct{ s, e int }
 
@@ -99,14 +120,8 @@ const (
 	mReceivedAt
 	mProjectID
 	mWriteKey
+	mKinds // the number of kinds
 )
-
-var memberNames = map[string]memberKind{
-	"type": mType, "userId": mUserID, "anonymousId": mAnonymousID, "messageId": mMessageID,
-	"timestamp": mTimestamp, "originalTimestamp": mOriginalTimestamp, "sentAt": mSentAt,
-	"context": mContext, "integrations": mIntegrations, "receivedAt": mReceivedAt,
-	"projectId": mProjectID, "writeKey": mWriteKey,
-}
 
 type member struct {
 	start int // the key's opening quote
@@ -116,38 +131,114 @@ type member struct {
 
 func (b *builder) reset() {
 	b.out, b.fields, b.meta, b.recs = b.out[:0], b.fields[:0], b.meta[:0], b.recs[:0]
+	b.resetEvents()
 }
 
-// collect validates the object at body[s:] and records its members.
-func (b *builder) collect(body []byte, s int) error {
-	b.members = b.members[:0]
-	_, err := jsonscan.Object(body, s, func(ks, ke int, esc bool, vs, ve int) error {
-		b.members = append(b.members, member{start: ks - 1, val: span{vs, ve}, kind: memberKindOf(body[ks:ke], esc)})
-		return nil
+// resetEvents forgets the collected events.
+func (b *builder) resetEvents() {
+	b.events, b.members, b.ctxMembers = b.events[:0], b.members[:0], b.ctxMembers[:0]
+}
+
+// collectEvent validates the value at body[s:] as one event and notes its
+// members; it returns the index past it. A value that is not an object is
+// noted too: addEvent refuses it in its turn. hook, when set, sees each
+// member as well (the request's own fields of a single-event request).
+func (b *builder) collectEvent(body []byte, s int, hook jsonscan.MemberFunc) (int, error) {
+	ev := rawEvent{s: s, members: span{len(b.members), len(b.members)}, ctxMems: span{len(b.ctxMembers), len(b.ctxMembers)}}
+	if s >= len(body) || body[s] != '{' {
+		end, err := jsonscan.Value(body, s)
+		ev.e, ev.notObject = end, true
+		b.events = append(b.events, ev)
+		return end, err
+	}
+	scan := b.scanMember(body, ev.ctxMems.s)
+	end, err := jsonscan.ObjectScan(body, s, func(ks, ke int, esc bool, vs int) (int, error) {
+		ve, err := scan(ks, ke, esc, vs)
+		if err == nil && hook != nil {
+			err = hook(ks, ke, esc, vs, ve)
+		}
+		return ve, err
 	})
-	return err
+	if err != nil {
+		return end, err
+	}
+	ev.e, ev.members.e, ev.ctxMems.e = end, len(b.members), len(b.ctxMembers)
+	b.events = append(b.events, ev)
+	return end, nil
+}
+
+// scanMember returns the member scanner of an event whose context members
+// start at ctxStart in b.ctxMembers: it notes each member, and the members
+// of an object context (of the last context, as the last member of a name
+// is the one that counts).
+func (b *builder) scanMember(body []byte, ctxStart int) jsonscan.MemberScanFunc {
+	return func(ks, ke int, esc bool, vs int) (int, error) {
+		kind := memberKindOf(body[ks:ke], esc)
+		var ve int
+		var err error
+		if kind == mContext {
+			b.ctxMembers = b.ctxMembers[:ctxStart]
+		}
+		if kind == mContext && vs < len(body) && body[vs] == '{' {
+			ve, err = b.scanContext(body, vs, &b.ctxMembers)
+		} else {
+			ve, err = jsonscan.Value(body, vs)
+		}
+		if err != nil {
+			return ve, err
+		}
+		b.members = append(b.members, member{start: ks - 1, val: span{vs, ve}, kind: kind})
+		return ve, nil
+	}
+}
+
+// scanContext validates the context object at body[s:] and appends its
+// members to *dst.
+func (b *builder) scanContext(body []byte, s int, dst *[]ctxMember) (int, error) {
+	return jsonscan.ObjectScan(body, s, func(ks, ke int, esc bool, vs int) (int, error) {
+		ve, err := jsonscan.Value(body, vs)
+		if err == nil {
+			*dst = append(*dst, ctxMember{key: span{ks, ke}, val: span{vs, ve}})
+		}
+		return ve, err
+	})
 }
 
 func memberKindOf(key []byte, escaped bool) memberKind {
 	if escaped {
 		key = jsonscan.AppendUnquoted(nil, append(append([]byte{'"'}, key...), '"'))
 	}
-	if len(key) > 17 || len(key) < 4 {
-		return mOther
+	switch string(key) { // no allocation
+	case "type":
+		return mType
+	case "userId":
+		return mUserID
+	case "anonymousId":
+		return mAnonymousID
+	case "messageId":
+		return mMessageID
+	case "timestamp":
+		return mTimestamp
+	case "originalTimestamp":
+		return mOriginalTimestamp
+	case "sentAt":
+		return mSentAt
+	case "context":
+		return mContext
+	case "integrations":
+		return mIntegrations
+	case "receivedAt":
+		return mReceivedAt
+	case "projectId":
+		return mProjectID
+	case "writeKey":
+		return mWriteKey
 	}
-	return memberNames[string(key)] // no allocation: map lookup with string(bytes)
+	return mOther
 }
 
-// find returns the value span of the last member of a kind.
-func (b *builder) find(kind memberKind) span {
-	var sp span
-	for _, m := range b.members {
-		if m.kind == kind {
-			sp = m.val
-		}
-	}
-	return sp
-}
+// find returns the value span of the current event's last member of a kind.
+func (b *builder) find(kind memberKind) span { return b.vals[kind] }
 
 // isEmpty reports whether a value span is absent, null or "".
 func isEmpty(body []byte, sp span) bool {
@@ -158,19 +249,21 @@ func isEmpty(body []byte, sp span) bool {
 	return string(v) == "null" || string(v) == `""`
 }
 
-// addEvent validates and enriches the event object at body[s:e].
-func (b *builder) addEvent(body []byte, s, e, index int, bc *batchContext, ri *requestInfo) error {
+// addEvent checks and enriches a collected event.
+func (b *builder) addEvent(body []byte, ev *rawEvent, index int, bc *batchContext, ri *requestInfo) error {
 	bad := func(status int, format string, args ...any) error {
 		return &eventError{status: status, index: index, msg: fmt.Sprintf(format, args...)}
 	}
-	if e-s > b.maxEvent {
-		return bad(http.StatusRequestEntityTooLarge, "event of %d bytes exceeds the limit of %d", e-s, b.maxEvent)
+	if ev.e-ev.s > b.maxEvent {
+		return bad(http.StatusRequestEntityTooLarge, "event of %d bytes exceeds the limit of %d", ev.e-ev.s, b.maxEvent)
 	}
-	if body[s] != '{' {
+	if ev.notObject {
 		return bad(http.StatusBadRequest, "event must be a JSON object")
 	}
-	if err := b.collect(body, s); err != nil {
-		return bad(http.StatusBadRequest, "%v", err)
+	b.cur, b.curCtx = b.members[ev.members.s:ev.members.e], b.ctxMembers[ev.ctxMems.s:ev.ctxMems.e]
+	b.vals = [mKinds]span{}
+	for _, m := range b.cur {
+		b.vals[m.kind] = m.val
 	}
 	var meta eventMeta
 	// type
@@ -259,7 +352,7 @@ func (b *builder) writeEvent(body []byte, meta *eventMeta, genID bool, bc *batch
 		}
 		first = false
 	}
-	for _, m := range b.members {
+	for _, m := range b.cur {
 		switch {
 		case m.kind == mReceivedAt, m.kind == mProjectID, m.kind == mWriteKey:
 			continue
@@ -369,14 +462,12 @@ func (b *builder) contextNeedsRewrite(body []byte, ctx span, bc *batchContext, r
 	if isEmpty(body, ctx) {
 		return true
 	}
-	hasIP := false
-	jsonscan.Object(body, ctx.s, func(ks, ke int, esc bool, vs, ve int) error {
-		if string(body[ks:ke]) == "ip" && !isEmpty(body, span{vs, ve}) {
-			hasIP = true
+	for _, m := range b.curCtx {
+		if string(body[m.key.s:m.key.e]) == "ip" && !isEmpty(body, m.val) {
+			return false
 		}
-		return nil
-	})
-	return !hasIP
+	}
+	return true
 }
 
 // appendContext writes "context":{...}: the event's members, then the
@@ -384,39 +475,38 @@ func (b *builder) contextNeedsRewrite(body []byte, ctx span, bc *batchContext, r
 func (b *builder) appendContext(out, body []byte, ctx span, bc *batchContext, ri *requestInfo) []byte {
 	out = append(out, `"context":{`...)
 	first := true
-	b.ctxKeys = b.ctxKeys[:0]
 	hasIP := false
-	add := func(src []byte, ks, ve int, key []byte, v span) {
-		if string(key) == "ip" && isEmpty(src, v) {
-			return // an empty ip is replaced by the request's
+	add := func(m ctxMember) {
+		key := body[m.key.s:m.key.e]
+		if string(key) == "ip" {
+			if isEmpty(body, m.val) {
+				return // an empty ip is replaced by the request's
+			}
+			hasIP = true
 		}
 		if !first {
 			out = append(out, ',')
 		}
 		first = false
-		out = append(out, src[ks-1:ve]...)
-		if string(key) == "ip" && !isEmpty(src, v) {
-			hasIP = true
-		}
+		out = append(out, body[m.key.s-1:m.val.e]...)
 	}
+	var evCtx []ctxMember
 	if !isEmpty(body, ctx) {
-		jsonscan.Object(body, ctx.s, func(ks, ke int, esc bool, vs, ve int) error {
-			b.ctxKeys = append(b.ctxKeys, span{ks, ke})
-			add(body, ks, ve, body[ks:ke], span{vs, ve})
-			return nil
-		})
+		evCtx = b.curCtx
 	}
-	if bc != nil && bc.context != nil {
-		bctx := bc.context
-		jsonscan.Object(bctx, 0, func(ks, ke int, esc bool, vs, ve int) error {
-			for _, k := range b.ctxKeys {
-				if bytes.Equal(body[k.s:k.e], bctx[ks:ke]) {
-					return nil
+	for _, m := range evCtx {
+		add(m)
+	}
+	if bc != nil {
+	batch:
+		for _, m := range bc.ctxMembers {
+			for _, k := range evCtx {
+				if bytes.Equal(body[k.key.s:k.key.e], body[m.key.s:m.key.e]) {
+					continue batch
 				}
 			}
-			add(bctx, ks, ve, bctx[ks:ke], span{vs, ve})
-			return nil
-		})
+			add(m)
+		}
 	}
 	if !hasIP && len(ri.ip) > 0 {
 		if !first {

@@ -286,30 +286,46 @@ func (s *Server) parse(ctx *fasthttp.RequestCtx, st *reqState, body []byte, ep e
 		s.metrics.reject("invalid_json", 1)
 		return fasthttp.StatusBadRequest, "body must be a JSON object"
 	}
-	st.bc = batchContext{}
-	var batch span
-	// One pass validates the whole body and finds the top-level members.
-	end, err := jsonscan.Object(body, start, func(ks, ke int, esc bool, vs, ve int) error {
-		switch string(body[ks:ke]) {
-		case "writeKey":
-			if len(st.key) == 0 && body[vs] == '"' {
-				st.key = jsonscan.AppendUnquoted(st.key, body[vs:ve])
+	st.bc = batchContext{ctxMembers: st.bc.ctxMembers[:0]}
+	var end int
+	var err error
+	batch := span{}
+	// One pass validates the whole body, finds the request's own fields and
+	// collects the events (builder.collectEvent); they are checked and
+	// enriched after it, once the batch-level fields are all known.
+	if ep.batch {
+		end, err = jsonscan.ObjectScan(body, start, func(ks, ke int, esc bool, vs int) (int, error) {
+			switch string(body[ks:ke]) {
+			case "batch":
+				if vs < len(body) && body[vs] == '[' {
+					st.b.resetEvents() // the last batch member counts
+					ve, err := jsonscan.ArrayScan(body, vs, func(es int) (int, error) { return st.b.collectEvent(body, es, nil) })
+					batch = span{vs, ve}
+					return ve, err
+				}
+				ve, err := jsonscan.Value(body, vs)
+				batch = span{vs, ve}
+				return ve, err
+			case "context":
+				if vs < len(body) && body[vs] == '{' {
+					st.bc.ctxMembers = st.bc.ctxMembers[:0]
+					ve, err := st.b.scanContext(body, vs, &st.bc.ctxMembers)
+					st.bc.context = body[vs:ve]
+					return ve, err
+				}
 			}
-		case "batch":
-			batch = span{vs, ve}
-		case "context":
-			if body[vs] == '{' {
-				st.bc.context = body[vs:ve]
+			ve, err := jsonscan.Value(body, vs)
+			if err == nil {
+				s.requestField(st, body, ks, ke, vs, ve)
 			}
-		case "integrations":
-			if body[vs] == '{' {
-				st.bc.integrations = body[vs:ve]
-			}
-		case "sentAt":
-			st.bc.sentAt = body[vs:ve]
-		}
-		return nil
-	})
+			return ve, err
+		})
+	} else {
+		end, err = st.b.collectEvent(body, start, func(ks, ke int, esc bool, vs, ve int) error {
+			s.requestField(st, body, ks, ke, vs, ve)
+			return nil
+		})
+	}
 	if err == nil && jsonscan.SkipSpace(body, end) != len(body) {
 		_, _, err = jsonscan.Document(body) // names the trailing data
 	}
@@ -329,30 +345,39 @@ func (s *Server) parse(ctx *fasthttp.RequestCtx, st *reqState, body []byte, ep e
 	st.ip = s.clientIP(ctx, st.ip)
 	st.ri = requestInfo{source: src, ip: st.ip, receivedAt: s.opts.Now(), pathType: ep.pathType}
 	if !ep.batch {
-		return s.addOrReject(st, body, start, end, -1, nil)
+		return s.addOrReject(st, body, &st.b.events[0], -1, nil)
 	}
 	if !batch.ok() || body[batch.s] != '[' {
 		s.metrics.reject("invalid_batch", 1)
 		return fasthttp.StatusBadRequest, `body must carry a "batch" array`
 	}
-	i := 0
-	var status int
-	var msg string
-	jsonscan.Array(body, batch.s, func(es, ee int) error {
-		status, msg = s.addOrReject(st, body, es, ee, i, &st.bc)
-		i++
-		if status != 0 {
-			return errStop
+	for i := range st.b.events {
+		if status, msg := s.addOrReject(st, body, &st.b.events[i], i, &st.bc); status != 0 {
+			return status, msg
 		}
-		return nil
-	})
-	return status, msg
+	}
+	return 0, ""
 }
 
-var errStop = errors.New("stop")
+// requestField notes a top-level member that is about the request: the
+// write key (the first one counts), and a batch's sentAt and integrations.
+func (s *Server) requestField(st *reqState, body []byte, ks, ke, vs, ve int) {
+	switch string(body[ks:ke]) {
+	case "writeKey":
+		if len(st.key) == 0 && body[vs] == '"' {
+			st.key = jsonscan.AppendUnquoted(st.key, body[vs:ve])
+		}
+	case "integrations":
+		if body[vs] == '{' {
+			st.bc.integrations = body[vs:ve]
+		}
+	case "sentAt":
+		st.bc.sentAt = body[vs:ve]
+	}
+}
 
-func (s *Server) addOrReject(st *reqState, body []byte, start, end, index int, bc *batchContext) (int, string) {
-	err := st.b.addEvent(body, start, end, index, bc, &st.ri)
+func (s *Server) addOrReject(st *reqState, body []byte, ev *rawEvent, index int, bc *batchContext) (int, string) {
+	err := st.b.addEvent(body, ev, index, bc, &st.ri)
 	if err == nil {
 		return 0, ""
 	}

@@ -50,9 +50,9 @@ func value(b []byte, i, depth int) (int, error) {
 		end, _, err := String(b, i)
 		return end, err
 	case c == '{':
-		return object(b, i, depth+1, nil)
+		return object(b, i, depth+1, nil, nil)
 	case c == '[':
-		return array(b, i, depth+1, nil)
+		return array(b, i, depth+1, nil, nil)
 	case c == 't':
 		return literal(b, i, "true")
 	case c == 'f':
@@ -181,9 +181,20 @@ type MemberFunc func(keyStart, keyEnd int, keyEscaped bool, valStart, valEnd int
 
 // Object validates the object starting at b[i] and calls fn for each of its
 // members in order (fn may be nil). It returns the index past the object.
-func Object(b []byte, i int, fn MemberFunc) (int, error) { return object(b, i, 1, fn) }
+func Object(b []byte, i int, fn MemberFunc) (int, error) { return object(b, i, 1, fn, nil) }
 
-func object(b []byte, i, depth int, fn MemberFunc) (int, error) {
+// MemberScanFunc scans one object member's value: the key's span without
+// quotes, whether the key has escapes, and where the value starts. It must
+// validate the value (with Value, Object, ...) and return the index past
+// it.
+type MemberScanFunc func(keyStart, keyEnd int, keyEscaped bool, valStart int) (valEnd int, err error)
+
+// ObjectScan validates the object starting at b[i] like Object, but hands
+// each member's value to fn to scan: a caller that wants the members of a
+// nested object gets them in the same pass.
+func ObjectScan(b []byte, i int, fn MemberScanFunc) (int, error) { return object(b, i, 1, nil, fn) }
+
+func object(b []byte, i, depth int, fn MemberFunc, scan MemberScanFunc) (int, error) {
 	if depth > DepthMax {
 		return i, syntaxErr(i, "nesting too deep")
 	}
@@ -205,7 +216,12 @@ func object(b []byte, i, depth int, fn MemberFunc) (int, error) {
 			return i, syntaxErr(i, "expected ':'")
 		}
 		vs := SkipSpace(b, i+1)
-		ve, err := value(b, vs, depth)
+		var ve int
+		if scan != nil {
+			ve, err = scan(ks+1, ke-1, esc, vs)
+		} else {
+			ve, err = value(b, vs, depth)
+		}
 		if err != nil {
 			return ve, err
 		}
@@ -233,9 +249,17 @@ func object(b []byte, i, depth int, fn MemberFunc) (int, error) {
 type ElementFunc func(start, end int) error
 
 // Array validates the array starting at b[i] and calls fn for each element.
-func Array(b []byte, i int, fn ElementFunc) (int, error) { return array(b, i, 1, fn) }
+func Array(b []byte, i int, fn ElementFunc) (int, error) { return array(b, i, 1, fn, nil) }
 
-func array(b []byte, i, depth int, fn ElementFunc) (int, error) {
+// ElementScanFunc scans one array element starting at b[start]: it must
+// validate it and return the index past it.
+type ElementScanFunc func(start int) (end int, err error)
+
+// ArrayScan validates the array starting at b[i] like Array, but hands each
+// element to fn to scan (in one pass with whatever fn records of it).
+func ArrayScan(b []byte, i int, fn ElementScanFunc) (int, error) { return array(b, i, 1, nil, fn) }
+
+func array(b []byte, i, depth int, fn ElementFunc, scan ElementScanFunc) (int, error) {
 	if depth > DepthMax {
 		return i, syntaxErr(i, "nesting too deep")
 	}
@@ -248,7 +272,13 @@ func array(b []byte, i, depth int, fn ElementFunc) (int, error) {
 	}
 	for {
 		s := i
-		e, err := value(b, s, depth)
+		var e int
+		var err error
+		if scan != nil {
+			e, err = scan(s)
+		} else {
+			e, err = value(b, s, depth)
+		}
 		if err != nil {
 			return e, err
 		}
