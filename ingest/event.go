@@ -46,7 +46,10 @@ type requestInfo struct {
 	source     []byte
 	ip         []byte
 	receivedAt time.Time
-	pathType   []byte // type implied by the endpoint (/v1/track), or nil
+	// receivedAtJSON is receivedAt as appendTimestamp writes it (once per
+	// request).
+	receivedAtJSON []byte
+	pathType       []byte // type implied by the endpoint (/v1/track), or nil
 }
 
 // eventError refuses a request because of one event.
@@ -391,7 +394,7 @@ func (b *builder) writeEvent(body []byte, meta *eventMeta, genID bool, bc *batch
 	}
 	sep()
 	out = append(out, `"receivedAt":`...)
-	out = appendTimestamp(out, ri.receivedAt)
+	out = append(out, ri.receivedAtJSON...)
 	sep()
 	out = append(out, `"projectId":`...)
 	out = jsonscan.AppendQuoted(out, ri.source)

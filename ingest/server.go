@@ -70,6 +70,8 @@ type reqState struct {
 	bc   batchContext
 	key  []byte
 	ip   []byte
+	// recvJSON backs ri.receivedAtJSON.
+	recvJSON []byte
 }
 
 // New returns a gateway; call Serve to start it.
@@ -343,7 +345,9 @@ func (s *Server) parse(ctx *fasthttp.RequestCtx, st *reqState, body []byte, ep e
 		return fasthttp.StatusUnauthorized, "unknown write key"
 	}
 	st.ip = s.clientIP(ctx, st.ip)
-	st.ri = requestInfo{source: src, ip: st.ip, receivedAt: s.opts.Now(), pathType: ep.pathType}
+	now := s.opts.Now()
+	st.recvJSON = appendTimestamp(st.recvJSON[:0], now)
+	st.ri = requestInfo{source: src, ip: st.ip, receivedAt: now, receivedAtJSON: st.recvJSON, pathType: ep.pathType}
 	if !ep.batch {
 		return s.addOrReject(st, body, &st.b.events[0], -1, nil)
 	}

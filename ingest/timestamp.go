@@ -82,7 +82,35 @@ func parseISOFast(b []byte) (time.Time, bool) {
 // appendTimestamp appends t as a quoted ISO-8601 UTC timestamp with
 // milliseconds, the form Segment and RudderStack use.
 func appendTimestamp(dst []byte, t time.Time) []byte {
-	dst = append(dst, '"')
-	dst = t.UTC().AppendFormat(dst, "2006-01-02T15:04:05.000Z07:00")
-	return append(dst, '"')
+	t = t.UTC()
+	year, month, day := t.Date()
+	if year < 0 || year > 9999 {
+		dst = append(dst, '"')
+		dst = t.AppendFormat(dst, "2006-01-02T15:04:05.000Z07:00")
+		return append(dst, '"')
+	}
+	hour, minute, sec := t.Clock()
+	var b [26]byte // "2006-01-02T15:04:05.000Z"
+	digits := func(at, n, width int) {
+		for i := at + width - 1; i >= at; i-- {
+			b[i] = byte('0' + n%10)
+			n /= 10
+		}
+	}
+	b[0], b[25] = '"', '"'
+	digits(1, year, 4)
+	b[5] = '-'
+	digits(6, int(month), 2)
+	b[8] = '-'
+	digits(9, day, 2)
+	b[11] = 'T'
+	digits(12, hour, 2)
+	b[14] = ':'
+	digits(15, minute, 2)
+	b[17] = ':'
+	digits(18, sec, 2)
+	b[20] = '.'
+	digits(21, t.Nanosecond()/1e6, 3)
+	b[24] = 'Z'
+	return append(dst, b[:]...)
 }
