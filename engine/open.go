@@ -30,12 +30,16 @@ func Open(opts Options) (*Engine, error) {
 	}
 	cache := pebble.NewCache(o.IndexCacheBytes)
 	defer cache.Unref()
-	db, err := pebble.Open(idxDir, &pebble.Options{
+	popts := &pebble.Options{
 		FS:           fs,
 		Cache:        cache,
 		MemTableSize: o.IndexMemTableBytes,
 		Logger:       pebbleLogger{o.Logger},
-	})
+	}
+	// The bulk of the index is dedup keys: random message ids that do not
+	// compress; compressing them only costs the compactions CPU.
+	popts.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
+	db, err := pebble.Open(idxDir, popts)
 	if err != nil {
 		return nil, fmt.Errorf("cannot open index %s: %w", idxDir, err)
 	}
