@@ -40,8 +40,10 @@ type item struct {
 	entry *engine.Entry // the stored entry, for the entry path
 	// split caps the requests the event goes in (0: no cap): halved each
 	// time a request with it is refused or fails, so that a bad event in
-	// a batch is found by bisection and goes alone in the end.
+	// a batch is found by bisection and goes alone in the end. Such an
+	// event goes only with others of its group (the refused request's).
 	split    int
+	group    uint64
 	attempts uint32 // failures charged to the event
 	// unconfirmed: the last failure is not charged yet (see
 	// health.confirms); it is when the event's retry comes due.
@@ -110,6 +112,7 @@ type core struct {
 
 	inFlight        int
 	inFlightEntries map[uint64]bool
+	groups          uint64 // bisection groups made (item.group)
 	nextDue         time.Time
 	health          *health
 	aimd            *aimd
@@ -332,7 +335,7 @@ func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 	if !c.cfg.Ordering {
 		for len(c.loose) > 0 && len(b.items) < max {
 			it := c.loose[0]
-			if !fits(it, len(b.items), &max) {
+			if !fits(it, b.items, &max) {
 				break
 			}
 			c.loose = c.loose[1:]
@@ -346,7 +349,7 @@ func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 	}
 	for len(c.ready) > 0 && len(b.items) < max {
 		ks := c.ready[0]
-		if m := max; len(ks.pending) > 0 && !fits(ks.pending[0], len(b.items), &m) {
+		if m := max; len(ks.pending) > 0 && !fits(ks.pending[0], b.items, &m) {
 			break
 		}
 		c.ready = c.ready[1:]
@@ -356,7 +359,7 @@ func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 		}
 		for len(ks.pending) > 0 && len(b.items) < max {
 			it := ks.pending[0]
-			if !fits(it, len(b.items), &max) {
+			if !fits(it, b.items, &max) {
 				break
 			}
 			ks.pending = ks.pending[1:]
@@ -374,13 +377,17 @@ func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 	return b.forWindow()
 }
 
-// fits reports whether it may join a request that has n events, and lowers
-// the request's cap max to the event's split cap.
-func fits(it *item, n int, max *int) bool {
+// fits reports whether it may join a request that has events in: an event
+// being bisected only with others of its group, up to its split cap (which
+// becomes the request's cap max), and any other only with others like it.
+func fits(it *item, in []*item, max *int) bool {
+	if len(in) > 0 && in[0].group != it.group {
+		return false
+	}
 	if it.split == 0 {
 		return true
 	}
-	if n >= it.split {
+	if len(in) >= it.split {
 		return false
 	}
 	*max = min(*max, it.split)
@@ -512,8 +519,9 @@ func (c *core) releaseKeys(b *batch, drain bool) {
 func (c *core) requeue(b *batch, bisect bool, now time.Time) {
 	half := (len(b.items) + 1) / 2
 	if bisect {
+		c.groups++
 		for _, it := range b.items {
-			it.split = half
+			it.split, it.group = half, c.groups
 		}
 	}
 	var stored, win []*item
