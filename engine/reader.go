@@ -202,6 +202,10 @@ func (r *Reader) Next(dst []Record, max int) ([]Record, error) {
 	return dst, nil
 }
 
+// CaughtUp reports whether the reader has read every durable record (Next
+// would return none now).
+func (r *Reader) CaughtUp() bool { return r.next > r.e.hwm.Load() }
+
 // nextSegment moves to the segment after the current one, if there is one.
 func (r *Reader) nextSegment() bool {
 	r.e.segMu.RLock()

@@ -119,6 +119,12 @@ type core struct {
 	rate            *bucket
 	throttledUntil  time.Time
 	paused          bool
+	// spillAt is when the in-flight head of a full window becomes slow
+	// enough to spill (advance), zero when none waits.
+	spillAt time.Time
+	// refill: advance made room in a full window while the log holds
+	// more: step reads and dispatches again at once.
+	refill bool
 
 	txn       *engine.Txn
 	lastFlush time.Time
@@ -194,8 +200,28 @@ func (c *core) forget(ks *keyState) {
 	}
 }
 
+// step reads, dispatches and moves the cursor: one turn of the driver
+// (Router.Run, Machine.Step). When moving the cursor makes room in a full
+// window it goes round again, so a backlog is read on without waiting for
+// new input.
+func (c *core) step(now time.Time) ([]*batch, error) {
+	var out []*batch
+	for range 8 {
+		if err := c.fill(now); err != nil {
+			return out, err
+		}
+		out = append(out, c.poll(now)...)
+		c.advance(now)
+		if !c.refill {
+			break
+		}
+	}
+	return out, nil
+}
+
 // fill reads events into the window up to its bounds.
 func (c *core) fill(now time.Time) error {
+	c.refill = false
 	for len(c.window)-c.head < c.cfg.WindowEvents && c.winSize < c.cfg.WindowBytes {
 		n := min(256, c.cfg.WindowEvents-(len(c.window)-c.head))
 		recs, err := c.reader.Next(c.recBuf[:0], n)
@@ -741,6 +767,8 @@ func (c *core) entryOf(it *item, s engine.State) engine.Entry {
 // advance moves the cursor past the settled head of the window, storing
 // entries for the events it passes that are not delivered.
 func (c *core) advance(now time.Time) {
+	c.spillAt = time.Time{}
+	wasFull := c.windowFull()
 	moved, spilled := false, false
 	var passed uint64 // the last seq passed
 	for c.head < len(c.window) {
@@ -763,6 +791,10 @@ func (c *core) advance(now time.Time) {
 		case inflight:
 			if !it.spill {
 				if !c.windowFull() || it.batch == nil {
+					goto stop
+				}
+				if at := it.batch.start.Add(spillAfter); now.Before(at) {
+					c.spillAt = at // a request this young is not slow yet
 					goto stop
 				}
 				// A slow request holds the cursor and the window is full:
@@ -800,6 +832,9 @@ stop:
 	} else if c.head > 1024 && c.head*2 > len(c.window) {
 		c.window = append(c.window[:0], c.window[c.head:]...)
 		c.head = 0
+	}
+	if moved && wasFull && !c.reader.CaughtUp() {
+		c.refill = true // reading ahead stopped for room; there is some now
 	}
 	if moved {
 		if c.head < len(c.window) {
@@ -852,6 +887,12 @@ func (c *core) stop(now time.Time) {
 }
 
 const spillReason = "in flight when the read-ahead window filled"
+
+// spillAfter is how long the head of a full window may be in flight before
+// it is spilled: only a slow request is worth the index writes (it and the
+// key's later events stored, to be settled from the index), not one that
+// is merely the oldest of many in flight.
+const spillAfter = time.Second
 
 // spillEntry stores an in-flight window event so the cursor can pass it:
 // as the failed head of its key (due after its request's timeout, with a
@@ -1092,6 +1133,9 @@ func (c *core) nextWake(now time.Time) time.Time {
 	}
 	if !c.txn.Empty() {
 		wake = minTime(wake, c.lastFlush.Add(c.cfg.FlushInterval))
+	}
+	if !c.spillAt.IsZero() {
+		wake = minTime(wake, c.spillAt)
 	}
 	if c.paused || c.err != nil || c.inFlight >= c.aimd.Limit() || c.health.state == Probing ||
 		(c.health.state == BackingOff && c.inFlight > 0) {

@@ -213,15 +213,24 @@ func (h *harness) turn() []*batch {
 	h.t.Helper()
 	h.steps++
 	c, now := h.c, h.now()
-	if err := c.fill(now); err != nil {
-		h.t.Fatalf("fill: %v", err)
+	// core.step, with the destination's view of each batch taken before
+	// advance stores the window's aborted events.
+	var bs []*batch
+	for range 8 {
+		if err := c.fill(now); err != nil {
+			h.t.Fatalf("fill: %v", err)
+		}
+		polled := c.poll(now)
+		h.noteAborted()
+		for _, b := range polled {
+			h.dispatch(b, now)
+		}
+		bs = append(bs, polled...)
+		c.advance(now)
+		if !c.refill {
+			break
+		}
 	}
-	bs := c.poll(now)
-	h.noteAborted()
-	for _, b := range bs {
-		h.dispatch(b, now)
-	}
-	c.advance(now)
 	if c.err != nil {
 		h.t.Fatalf("core stopped: %v", c.err)
 	}
@@ -644,6 +653,61 @@ func TestCoreSkippedReleasedInOrder(t *testing.T) {
 			}
 			if alone != 3 {
 				t.Errorf("A1 tried alone %d times, want 3", alone)
+			}
+			h.check(true)
+		})
+	}
+}
+
+// A full read-ahead window whose oldest request is slow spills it: after
+// spillAfter its events are stored (failed head, skipped behind it) so the
+// cursor and the other keys move on, and its answer settles them. A window
+// that is merely full of young requests spills nothing.
+func TestCoreSpillSlowHead(t *testing.T) {
+	for _, slow := range []bool{false, true} {
+		t.Run(fmt.Sprint("slow=", slow), func(t *testing.T) {
+			h := newHarness(t, Config{Ordering: true, BatchSize: 2, WindowEvents: 20, ConcurrencyInitial: 32, ConcurrencyMax: 32})
+			head := h.add("A")
+			h.add("A")
+			for i := 0; i < 200; i++ {
+				h.add(fmt.Sprintf("K%d", i%40))
+			}
+			nextSlow := false
+			h.respond = func(h *harness, b *batch) Result {
+				nextSlow = slow && hasSeq(b, head) && h.tries[head] == 1
+				return ok(h, b)
+			}
+			h.latencyFn = func() time.Duration {
+				if nextSlow {
+					return 5 * time.Second
+				}
+				return 50 * time.Millisecond
+			}
+			var headDone time.Time
+			h.onComplete = func(h *harness, b *batch, s *send) {
+				if hasSeq(b, head) && headDone.IsZero() {
+					headDone = h.now()
+				}
+			}
+			h.settle()
+			switch spilled := h.c.stats.Spilled; {
+			case !slow && spilled != 0:
+				t.Errorf("%d events spilled with only young requests in flight", spilled)
+			case slow && spilled == 0:
+				t.Errorf("nothing spilled behind a 5s request")
+			}
+			if slow {
+				// The other users went on while the head was out, past
+				// the window's 20 events.
+				before := 0
+				for _, d := range h.dlv {
+					if d.key != "A" && d.at.Before(headDone) {
+						before++
+					}
+				}
+				if before != 200 {
+					t.Errorf("%d of 200 other events delivered while the slow head was out", before)
+				}
 			}
 			h.check(true)
 		})

@@ -43,18 +43,18 @@ func NewMachine(cfg Config, log Log, cons *engine.Consumer) (*Machine, error) {
 // Step reads new events into the window, returns the requests to send now,
 // and moves the cursor past settled events.
 func (m *Machine) Step(now time.Time) ([]*Dispatch, error) {
-	if err := m.c.fill(now); err != nil {
+	bs, err := m.c.step(now)
+	if err != nil {
 		return nil, err
 	}
 	var out []*Dispatch
-	for _, b := range m.c.poll(now) {
+	for _, b := range bs {
 		d := &Dispatch{b: b, Probe: b.probe, Events: make([]Event, len(b.items))}
 		for i, it := range b.items {
 			d.Events[i] = it.ev
 		}
 		out = append(out, d)
 	}
-	m.c.advance(now)
 	return out, m.c.err
 }
 

@@ -123,14 +123,14 @@ func (r *Router) Run(ctx context.Context) error {
 		// after the read still wake the loop.
 		changed := r.log.Changed()
 		now := r.cfg.Clock.Now()
-		if err := c.fill(now); err != nil {
+		bs, err := c.step(now)
+		if err != nil {
 			c.logger.Error("router cannot read the log", "destination", r.cfg.Name, "err", err)
 		}
-		for _, b := range c.poll(now) {
+		for _, b := range bs {
 			r.wg.Add(1)
 			go r.send(sendCtx, b, results)
 		}
-		c.advance(now)
 		if now.Sub(lastPublish) >= 100*time.Millisecond {
 			r.publish()
 			lastPublish = now
