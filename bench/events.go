@@ -76,14 +76,45 @@ func MessageID(runID string, user int, n int64) string {
 	return string(AppendMessageID(nil, runID, user, n))
 }
 
-// AppendMessageID appends MessageID(runID, user, n) to dst.
+// AppendMessageID appends MessageID(runID, user, n) to dst: a version-4
+// UUID, as the Segment and RudderStack SDKs send, whose 122 random-looking
+// bits are a hash of (runID, user, n). Like the SDKs' ids they arrive in no
+// order, which matters to anything that indexes them (Sluice's dedup).
 func AppendMessageID(dst []byte, runID string, user int, n int64) []byte {
-	dst = append(dst, "bm-"...)
-	dst = append(dst, runID...)
-	dst = append(dst, '-')
-	dst = strconv.AppendInt(dst, int64(user), 10)
-	dst = append(dst, '-')
-	return strconv.AppendInt(dst, n, 10)
+	a := mix(fnv64(runID) ^ uint64(user)*0x9e3779b97f4a7c15 ^ uint64(n))
+	b := mix(a ^ uint64(n)*0xbf58476d1ce4e5b9 ^ uint64(user))
+	var u [16]byte
+	for i := range 8 {
+		u[i], u[8+i] = byte(a>>(8*i)), byte(b>>(8*i))
+	}
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	const hexDigits = "0123456789abcdef"
+	for i, c := range u {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			dst = append(dst, '-')
+		}
+		dst = append(dst, hexDigits[c>>4], hexDigits[c&15])
+	}
+	return dst
+}
+
+// mix is SplitMix64's finaliser: a bijection on 64 bits, so distinct
+// inputs stay distinct.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+func fnv64(s string) uint64 {
+	h := uint64(0xcbf29ce484222325)
+	for i := 0; i < len(s); i++ {
+		h = (h ^ uint64(s[i])) * 0x100000001b3
+	}
+	return h
 }
 
 // AnonymousID returns the ordering key of user in run runID: the sink

@@ -37,9 +37,13 @@
 // The index holds the segment manifest, consumers and their cursors,
 // exception entries (failed, skipped, aborted) with their secondary indexes
 // (due time, ordering key), barriers, straggler copies, the dedup keys and
-// the dedup checkpoint. Integers in keys are big-endian. The format version
-// (1) is stored in the index under 0x01 'v' and in every segment header;
-// every layout marked "frozen" changes only with a new version.
+// the dedup checkpoint (keys.go has the layout). Integers in keys are
+// big-endian. The segment format version (1) is in every segment header, the
+// index version (2) in the index under 0x01 'v'; every layout marked "frozen"
+// changes only with a new version. Version 2 keys the dedup index by a
+// 128-bit hash of (source, messageId) instead of the pair itself; Open
+// migrates a version 1 index by dropping its dedup keys and rebuilding them
+// from the retained log.
 //
 // # Consumers and the three queues
 //

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -149,6 +151,51 @@ func TestDedup(t *testing.T) {
 	defer e.Close()
 	if res, _ = e.Append(context.Background(), []Record{rec("a", 3), rec("a", 4)}); res.Stored != 1 || res.Duplicates != 1 {
 		t.Fatalf("after reopen: %+v", res)
+	}
+}
+
+// An index of version 1 (dedup keyed by source and messageId) is migrated
+// on Open: its dedup keys and checkpoint go, the version becomes 2, and the
+// dedup index is rebuilt from the log, so events stored before the upgrade
+// are still recognised as duplicates. An unknown version is refused.
+func TestIndexMigrationFromVersion1(t *testing.T) {
+	fs := vfs.NewMem()
+	e := openTest(t, fs)
+	appendN(t, e, "a", 0, 50)
+	// Make it look like version 1: its version, and a key of the old shape.
+	old := append([]byte{prefixDedup, 0, 0, 0, 1, 3}, "webmsg-old"...)
+	if err := e.db.Set(old, make([]byte, 8), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.db.Set(keyVersion, []byte{0, 0, 0, 1}, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+
+	e = openTest(t, fs)
+	v, closer, err := e.db.Get(keyVersion)
+	if err != nil || binary.BigEndian.Uint32(v) != indexVersion {
+		t.Fatalf("version after migration: %x %v", v, err)
+	}
+	closer.Close()
+	if _, closer, err := e.db.Get(old); err == nil {
+		closer.Close()
+		t.Fatal("a version 1 dedup key survived the migration")
+	}
+	var again []Record
+	for i := range 50 {
+		again = append(again, rec("a", i))
+	}
+	res, err := e.Append(context.Background(), again)
+	if err != nil || res.Duplicates != 50 || res.Stored != 0 {
+		t.Fatalf("events stored before the migration appended again: %+v %v", res, err)
+	}
+	if err := e.db.Set(keyVersion, []byte{0, 0, 0, 9}, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	if _, err := Open(testOptions(fs)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("open of index version 9: %v, want ErrCorrupt", err)
 	}
 }
 

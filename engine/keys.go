@@ -2,10 +2,11 @@ package engine
 
 import "encoding/binary"
 
-// Index key layout (Pebble), frozen for format version 1. Integers are
+// Index key layout (Pebble), frozen for index version 2 (version 1 keyed
+// the dedup index by source and messageId; Open migrates it). Integers are
 // big-endian so that keys sort numerically. cid is a consumer's 4-byte id.
 //
-//	0x01 'v'                                → format version (u32)
+//	0x01 'v'                                → index version (u32)
 //	0x02 segID u32                          → segment manifest value
 //	0x03 name                               → consumer id (u32)
 //	0x04 cid                                → cursor: seq u64 | pos u64
@@ -16,7 +17,8 @@ import "encoding/binary"
 //	0x09 cid seq u64                        → entry (aborted: the dead letters)
 //	0x0a seq u64                            → frame of a straggler moved out of
 //	                                          a deleted segment
-//	0x0b gen u32 srcLen u8 source messageId → seq u64: the dedup index
+//	0x0b gen u32 hash [16]byte              → seq u64: the dedup index (hash:
+//	                                          128 bits of source and messageId)
 //	0x0c                                    → dedup checkpoint: seq u64
 //	0x0d                                    → next consumer id (u32)
 const (
@@ -35,8 +37,12 @@ const (
 	prefixConsumerID = 0x0d
 )
 
-// formatVersion is stored under keyVersion and in every segment header.
-const formatVersion = 1
+// segmentVersion is stored in every segment header; indexVersion under
+// keyVersion.
+const (
+	segmentVersion = 1
+	indexVersion   = 2
+)
 
 var (
 	keyVersion    = []byte{prefixVersion, 'v'}
@@ -90,13 +96,16 @@ func stragglerKey(seq uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte{prefixStraggler}, seq)
 }
 
-// appendDedupKey appends the dedup key of (gen, source, messageID) to dst.
-func appendDedupKey(dst []byte, gen uint32, source, messageID []byte) []byte {
+// dedupKeyLen is the length of a dedup key.
+const dedupKeyLen = 1 + 4 + 16
+
+// appendDedupKey appends the dedup key of an event of generation gen whose
+// (source, messageId) hashes to h to dst.
+func appendDedupKey(dst []byte, gen uint32, h hash128) []byte {
 	dst = append(dst, prefixDedup)
 	dst = binary.BigEndian.AppendUint32(dst, gen)
-	dst = append(dst, byte(len(source)))
-	dst = append(dst, source...)
-	return append(dst, messageID...)
+	dst = binary.BigEndian.AppendUint64(dst, h.lo)
+	return binary.BigEndian.AppendUint64(dst, h.hi)
 }
 
 func dedupGenPrefix(gen uint32) []byte {

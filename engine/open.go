@@ -153,24 +153,54 @@ func (e *Engine) checkLogEnd() error {
 	return nil
 }
 
+// checkVersion writes the index version into a new index and migrates an
+// older one.
 func (e *Engine) checkVersion() error {
+	var version [4]byte
+	binary.BigEndian.PutUint32(version[:], indexVersion)
 	v, closer, err := e.db.Get(keyVersion)
 	if errors.Is(err, pebble.ErrNotFound) {
-		var b [4]byte
-		binary.BigEndian.PutUint32(b[:], formatVersion)
-		if err := e.db.Set(keyVersion, b[:], pebble.Sync); err != nil {
-			return fmt.Errorf("cannot write format version: %w", err)
+		if err := e.db.Set(keyVersion, version[:], pebble.Sync); err != nil {
+			return fmt.Errorf("cannot write index version: %w", err)
 		}
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("cannot read format version: %w", err)
+		return fmt.Errorf("cannot read index version: %w", err)
 	}
-	defer closer.Close()
-	if len(v) != 4 || binary.BigEndian.Uint32(v) != formatVersion {
-		return fmt.Errorf("index format version %x, want %d: %w", v, formatVersion, ErrCorrupt)
+	ok := len(v) == 4
+	var got uint32
+	if ok {
+		got = binary.BigEndian.Uint32(v)
 	}
-	return nil
+	raw := fmt.Sprintf("%x", v)
+	closer.Close()
+	switch {
+	case ok && got == indexVersion:
+		return nil
+	case ok && got == 1:
+		// Version 1 keyed the dedup index by source and messageId. Drop
+		// those keys and the checkpoint in one synced batch: recovery then
+		// rebuilds the index from every retained segment (recoverDedup
+		// replays the log past the checkpoint), in the new layout.
+		b := e.db.NewBatch()
+		defer b.Close()
+		if err := b.DeleteRange([]byte{prefixDedup}, []byte{prefixDedup + 1}, nil); err != nil {
+			return fmt.Errorf("cannot migrate index: %w", err)
+		}
+		if err := b.Delete(keyDedupCkpt, nil); err != nil {
+			return fmt.Errorf("cannot migrate index: %w", err)
+		}
+		if err := b.Set(keyVersion, version[:], nil); err != nil {
+			return fmt.Errorf("cannot migrate index: %w", err)
+		}
+		if err := b.Commit(pebble.Sync); err != nil {
+			return fmt.Errorf("cannot migrate index: %w", err)
+		}
+		e.log.Info("index migrated to version 2; the dedup index is rebuilt from the log", "from_version", 1)
+		return nil
+	}
+	return fmt.Errorf("index version %s, want %d: %w", raw, indexVersion, ErrCorrupt)
 }
 
 func (e *Engine) loadManifest() error {

@@ -62,7 +62,7 @@ func parseSegmentFileName(name string) (uint32, bool) {
 func encodeSegmentHeader(id uint32, baseSeq uint64) []byte {
 	h := make([]byte, segmentHeaderLen)
 	copy(h, segmentMagic)
-	binary.LittleEndian.PutUint32(h[8:], formatVersion)
+	binary.LittleEndian.PutUint32(h[8:], segmentVersion)
 	binary.LittleEndian.PutUint32(h[12:], id)
 	binary.LittleEndian.PutUint64(h[16:], baseSeq)
 	binary.LittleEndian.PutUint32(h[28:], crc32.Checksum(h[:28], crcTable))
@@ -76,8 +76,8 @@ func decodeSegmentHeader(h []byte) (id uint32, baseSeq uint64, err error) {
 	if crc32.Checksum(h[:28], crcTable) != binary.LittleEndian.Uint32(h[28:]) {
 		return 0, 0, fmt.Errorf("segment header checksum: %w", ErrCorrupt)
 	}
-	if v := binary.LittleEndian.Uint32(h[8:]); v != formatVersion {
-		return 0, 0, fmt.Errorf("segment format version %d, want %d: %w", v, formatVersion, ErrCorrupt)
+	if v := binary.LittleEndian.Uint32(h[8:]); v != segmentVersion {
+		return 0, 0, fmt.Errorf("segment format version %d, want %d: %w", v, segmentVersion, ErrCorrupt)
 	}
 	return binary.LittleEndian.Uint32(h[12:]), binary.LittleEndian.Uint64(h[16:]), nil
 }
