@@ -2,9 +2,11 @@ package engine
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -46,6 +48,7 @@ type dedup struct {
 	chain     []int32
 	batch     *pebble.Batch
 	keyBuf    []byte
+	pending   []pendingKey // the group's keys, written sorted by endGroup
 	digest    *xxhash.Digest
 
 	lookups, hits, indexGets uint64
@@ -68,6 +71,13 @@ func newDedup(db *pebble.DB, o *Options) *dedup {
 }
 
 func (d *dedup) genOf(t time.Time) uint32 { return uint32(t.UnixNano() / int64(d.genDur)) }
+
+// pendingKey is an accepted record's dedup key, not yet in the batch.
+type pendingKey struct {
+	gen uint32
+	h   hash128
+	seq uint64
+}
 
 // hash128 is a 128-bit hash of (source, messageId).
 type hash128 struct{ lo, hi uint64 }
@@ -162,6 +172,7 @@ func (d *dedup) beginGroup() {
 		d.batch = d.db.NewBatch()
 	}
 	d.batch.Reset()
+	d.pending = d.pending[:0]
 }
 
 // seen reports whether r duplicates an event stored before or accepted
@@ -206,10 +217,7 @@ func (d *dedup) seen(r *Record, seq uint64, now time.Time) (bool, error) {
 // add puts a record's key in the filter and the pending batch.
 func (d *dedup) add(h hash128, seq uint64, gen uint32) {
 	d.filter(gen).Add(h.lo)
-	d.keyBuf = appendDedupKey(d.keyBuf[:0], gen, h)
-	var v [8]byte
-	binary.BigEndian.PutUint64(v[:], seq)
-	d.batch.Set(d.keyBuf, v[:], nil)
+	d.pending = append(d.pending, pendingKey{gen: gen, h: h, seq: seq})
 }
 
 // endGroup commits the accepted keys and the checkpoint lastSeq, unsynced:
@@ -219,7 +227,19 @@ func (d *dedup) endGroup(lastSeq uint64) error {
 	if lastSeq <= d.ckpt {
 		return nil
 	}
+	// In key order: the memtable's skiplist inserts a sorted run far
+	// faster than random keys (each insert starts from the last one's
+	// position instead of a search with cache misses from the top).
+	slices.SortFunc(d.pending, func(a, b pendingKey) int {
+		return cmp.Or(cmp.Compare(a.gen, b.gen), cmp.Compare(a.h.lo, b.h.lo), cmp.Compare(a.h.hi, b.h.hi))
+	})
 	var v [8]byte
+	for _, p := range d.pending {
+		d.keyBuf = appendDedupKey(d.keyBuf[:0], p.gen, p.h)
+		binary.BigEndian.PutUint64(v[:], p.seq)
+		d.batch.Set(d.keyBuf, v[:], nil)
+	}
+	d.pending = d.pending[:0]
 	binary.BigEndian.PutUint64(v[:], lastSeq)
 	d.batch.Set(keyDedupCkpt, v[:], nil)
 	if err := d.batch.Commit(pebble.NoSync); err != nil {
