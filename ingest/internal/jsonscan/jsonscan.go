@@ -50,9 +50,9 @@ func value(b []byte, i, depth int) (int, error) {
 		end, _, err := String(b, i)
 		return end, err
 	case c == '{':
-		return object(b, i, depth+1, nil, nil)
+		return object(b, i, depth+1, nil)
 	case c == '[':
-		return array(b, i, depth+1, nil, nil)
+		return array(b, i, depth+1, nil)
 	case c == 't':
 		return literal(b, i, "true")
 	case c == 'f':
@@ -179,22 +179,19 @@ func isHex4(h []byte) bool {
 // span.
 type MemberFunc func(keyStart, keyEnd int, keyEscaped bool, valStart, valEnd int) error
 
-// Object validates the object starting at b[i] and calls fn for each of its
-// members in order (fn may be nil). It returns the index past the object.
-func Object(b []byte, i int, fn MemberFunc) (int, error) { return object(b, i, 1, fn, nil) }
-
 // MemberScanFunc scans one object member's value: the key's span without
 // quotes, whether the key has escapes, and where the value starts. It must
-// validate the value (with Value, Object, ...) and return the index past
+// validate the value (with Value, ObjectScan, ...) and return the index past
 // it.
 type MemberScanFunc func(keyStart, keyEnd int, keyEscaped bool, valStart int) (valEnd int, err error)
 
-// ObjectScan validates the object starting at b[i] like Object, but hands
-// each member's value to fn to scan: a caller that wants the members of a
-// nested object gets them in the same pass.
-func ObjectScan(b []byte, i int, fn MemberScanFunc) (int, error) { return object(b, i, 1, nil, fn) }
+// ObjectScan validates the object starting at b[i] and returns the index
+// past it; it hands each member's value to fn to scan (in order), so a
+// caller that wants the members of a nested object gets them in the same
+// pass.
+func ObjectScan(b []byte, i int, fn MemberScanFunc) (int, error) { return object(b, i, 1, fn) }
 
-func object(b []byte, i, depth int, fn MemberFunc, scan MemberScanFunc) (int, error) {
+func object(b []byte, i, depth int, scan MemberScanFunc) (int, error) {
 	if depth > DepthMax {
 		return i, syntaxErr(i, "nesting too deep")
 	}
@@ -225,11 +222,6 @@ func object(b []byte, i, depth int, fn MemberFunc, scan MemberScanFunc) (int, er
 		if err != nil {
 			return ve, err
 		}
-		if fn != nil {
-			if err := fn(ks+1, ke-1, esc, vs, ve); err != nil {
-				return ve, err
-			}
-		}
 		i = SkipSpace(b, ve)
 		if i >= len(b) {
 			return i, syntaxErr(i, "unterminated object")
@@ -245,21 +237,16 @@ func object(b []byte, i, depth int, fn MemberFunc, scan MemberScanFunc) (int, er
 	}
 }
 
-// ElementFunc receives the span of one array element.
-type ElementFunc func(start, end int) error
-
-// Array validates the array starting at b[i] and calls fn for each element.
-func Array(b []byte, i int, fn ElementFunc) (int, error) { return array(b, i, 1, fn, nil) }
-
 // ElementScanFunc scans one array element starting at b[start]: it must
 // validate it and return the index past it.
 type ElementScanFunc func(start int) (end int, err error)
 
-// ArrayScan validates the array starting at b[i] like Array, but hands each
-// element to fn to scan (in one pass with whatever fn records of it).
-func ArrayScan(b []byte, i int, fn ElementScanFunc) (int, error) { return array(b, i, 1, nil, fn) }
+// ArrayScan validates the array starting at b[i] and returns the index past
+// it; it hands each element to fn to scan (in one pass with whatever fn
+// records of it).
+func ArrayScan(b []byte, i int, fn ElementScanFunc) (int, error) { return array(b, i, 1, fn) }
 
-func array(b []byte, i, depth int, fn ElementFunc, scan ElementScanFunc) (int, error) {
+func array(b []byte, i, depth int, scan ElementScanFunc) (int, error) {
 	if depth > DepthMax {
 		return i, syntaxErr(i, "nesting too deep")
 	}
@@ -281,11 +268,6 @@ func array(b []byte, i, depth int, fn ElementFunc, scan ElementScanFunc) (int, e
 		}
 		if err != nil {
 			return e, err
-		}
-		if fn != nil {
-			if err := fn(s, e); err != nil {
-				return e, err
-			}
 		}
 		i = SkipSpace(b, e)
 		if i >= len(b) {

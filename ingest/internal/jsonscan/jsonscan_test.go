@@ -30,11 +30,12 @@ func TestObjectMembers(t *testing.T) {
 	b := []byte(`{"type":"track", "us\u0065rId" : 42 ,"ctx":{"ip":"1"}}`)
 	var keys, vals []string
 	var escs []bool
-	_, err := Object(b, 0, func(ks, ke int, esc bool, vs, ve int) error {
+	_, err := ObjectScan(b, 0, func(ks, ke int, esc bool, vs int) (int, error) {
+		ve, err := Value(b, vs)
 		keys = append(keys, string(b[ks:ke]))
 		vals = append(vals, string(b[vs:ve]))
 		escs = append(escs, esc)
-		return nil
+		return ve, err
 	})
 	if err != nil {
 		t.Fatal(err)
