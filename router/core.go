@@ -37,7 +37,6 @@ type item struct {
 	buf   []byte // owned copy of the record's fields
 	ev    Event  // slices into buf
 	state itemState
-	entry *engine.Entry // the stored entry, for the entry path
 	// split caps the requests the event goes in (0: no cap): halved each
 	// time a request with it is refused or fails, so that a bad event in
 	// a batch is found by bisection and goes alone in the end. Such an
@@ -583,6 +582,7 @@ func (c *core) requeue(b *batch, bisect bool, now time.Time) {
 			}
 			c.work = append(halves, c.work...)
 		} else {
+			rewrote := false
 			for _, it := range stored {
 				delete(c.inFlightEntries, it.seq)
 				if it.spillHead {
@@ -595,13 +595,16 @@ func (c *core) requeue(b *batch, bisect bool, now time.Time) {
 						e.Reason = spillReason
 					}
 					c.txn.Put(e)
-					c.flush(now, true)
-					c.refreshDue()
 					it.spillHead = false
+					rewrote = true
 				}
 				if !it.replayed {
 					c.dropKeyWork(it.key)
 				}
+			}
+			if rewrote {
+				c.flush(now, true)
+				c.refreshDue()
 			}
 		}
 	}
@@ -1084,7 +1087,7 @@ func (c *core) drainKey(ks *keyState, now time.Time) {
 // reason.
 func (c *core) loadEntry(e *engine.Entry, now time.Time) *item {
 	rec, err := c.log.Read(e.Seq, e.Pos)
-	it := &item{seq: e.Seq, pos: e.Pos, key: string(e.Key), entry: e, attempts: e.Attempts, first: e.FirstFailure,
+	it := &item{seq: e.Seq, pos: e.Pos, key: string(e.Key), attempts: e.Attempts, first: e.FirstFailure,
 		last: e.LastAttempt, status: e.LastStatus, reason: e.Reason, response: e.Response,
 		replayed: e.Flags&engine.EntryReplayed != 0, unconfirmed: e.Flags&engine.EntryUnconfirmed != 0, persisted: true}
 	if err != nil {

@@ -714,6 +714,49 @@ func TestCoreSpillSlowHead(t *testing.T) {
 	}
 }
 
+// A spilled head is stored due after its request's timeout, in case no
+// answer comes; once the answer is a throttle (or an outage failure) it is
+// due at once, paced by the throttle, not by the 30 s timeout.
+func TestCoreSpilledHeadAnsweredIsDueAtOnce(t *testing.T) {
+	h := newHarness(t, Config{Ordering: true, BatchSize: 2, WindowEvents: 20, ConcurrencyInitial: 32, ConcurrencyMax: 32})
+	head := h.add("A")
+	for i := 0; i < 100; i++ {
+		h.add(fmt.Sprintf("K%d", i%40))
+	}
+	slowNext := false
+	h.respond = func(h *harness, b *batch) Result {
+		slowNext = hasSeq(b, head) && h.tries[head] == 1
+		if slowNext {
+			return Result{Status: 429, RetryAfter: time.Second}
+		}
+		return ok(h, b)
+	}
+	h.latencyFn = func() time.Duration {
+		if slowNext {
+			return 5 * time.Second
+		}
+		return 10 * time.Millisecond
+	}
+	var answered time.Time
+	h.onComplete = func(h *harness, b *batch, s *send) {
+		if hasSeq(b, head) && answered.IsZero() {
+			answered = h.now()
+		}
+	}
+	h.settle()
+	if h.c.stats.Spilled == 0 {
+		t.Fatal("the slow head was not spilled")
+	}
+	i := slices.IndexFunc(h.dlv, func(d delivery) bool { return d.seq == head })
+	if i < 0 {
+		t.Fatal("head not delivered")
+	}
+	if wait := h.dlv[i].at.Sub(answered); wait > 3*time.Second {
+		t.Errorf("spilled head delivered %v after its throttled answer (Retry-After 1s): it waited for its timeout", wait)
+	}
+	h.check(true)
+}
+
 // A poison event is aborted so the pipe keeps moving: at once when the
 // destination refuses it (400), after MinAttempts charged attempts spaced
 // by the backoff when it keeps failing (500) while others succeed.

@@ -123,12 +123,15 @@ func contains(list []int, v int) bool {
 
 // backoff returns the delay before attempt n+1 (n >= 1) with full jitter:
 // uniform in [0, min(max, initial*2^(n-1))].
-func (p *Policy) backoff(n int, rnd Rand) time.Duration {
+func (p *Policy) backoff(n int, rnd Rand) time.Duration { return p.jitter(p.backoffCap(n), rnd) }
+
+// backoffCap is initial*2^(n-1), capped at BackoffMax.
+func (p *Policy) backoffCap(n int) time.Duration {
 	d := p.BackoffInitial
 	for i := 1; i < n && d < p.BackoffMax; i++ {
 		d *= 2
 	}
-	return p.jitter(d, rnd)
+	return min(d, p.BackoffMax)
 }
 
 // retryDelay is a failed event's wait before its next attempt, with full
@@ -136,11 +139,7 @@ func (p *Policy) backoff(n int, rnd Rand) time.Duration {
 // long it has been failing, capped at BackoffMax. Failures not charged (not
 // yet shown to be the message's fault) still space its retries out.
 func (p *Policy) retryDelay(charged int, failingFor time.Duration, rnd Rand) time.Duration {
-	d := p.BackoffInitial
-	for i := 1; i < charged && d < p.BackoffMax; i++ {
-		d *= 2
-	}
-	return p.jitter(max(d, failingFor), rnd)
+	return p.jitter(max(p.backoffCap(charged), failingFor), rnd)
 }
 
 // jitter draws uniformly in [0, min(d, BackoffMax)], plus a millisecond.
