@@ -138,6 +138,7 @@ func crashOptions(fs vfs.FS, l *slog.Logger) Options {
 	o := testOptions(fs)
 	o.Logger = l
 	o.ReclaimActiveMinBytes = 4 << 10 // let reclaim cut the active segment too
+	o.DedupIndexBatchKeys = 100       // index batches (and their checkpoints) during the run
 	return o
 }
 

@@ -3,14 +3,20 @@ package engine
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
+	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/sluice-cdi/sluice/engine/internal/bloom"
 )
 
@@ -26,42 +32,82 @@ import (
 // that leaves the window is dropped whole: its filter freed, its keys deleted
 // by one range tombstone.
 //
-// Keys are written after the group's segment fsync, in an unsynced index
-// batch that also moves the checkpoint (0x0c). After a crash, Open replays
-// the log past the checkpoint, so the index never misses a stored event and
-// never names one that is not stored. Owned by the committer goroutine (and
-// Open before it starts): not safe for concurrent use.
+// The index is written behind: accepted keys collect in memory (fresh) and
+// go to the index in large sorted batches, written by a background
+// goroutine while the committer goes on (flushing), each batch moving the
+// checkpoint (0x0c) to the last seq it covers. Lookups that a filter cannot
+// rule out consult those two sets before the index. One key at a time in
+// every group commit, random hashes cost a skiplist search from the top of
+// the memtable each (a fifth of the CPU under load); a sorted run of tens
+// of thousands lands a few nodes after the previous one. The batches are
+// unsynced: the segments holding the records are synced, and after a crash
+// Open replays the log past the checkpoint, so the index never misses a
+// stored event and never names one that is not stored. Reclaim keeps every
+// segment past the checkpoint (syncIndex).
+//
+// Owned by the committer goroutine, and by whoever holds the engine's
+// writeMu (Open before the committer starts, Reclaim): not safe for
+// concurrent use, except indexed.
 type dedup struct {
 	db          *pebble.DB
+	fs          vfs.FS
+	stageDir    string // where index batches are built before ingestion
+	wopts       sstable.WriterOptions
 	enabled     bool
 	window      time.Duration
 	genDur      time.Duration
 	filterBytes int
 	gens        map[uint32]*bloom.Filter
 	minGen      uint32 // generations below it are dropped
-	ckpt        uint64 // last seq whose key is in the index
+	ckpt        uint64 // last seq whose key is in the index (committed batch)
+	indexed     atomic.Uint64
 
-	// Per group: the records accepted so far, by hash, to catch duplicates
-	// inside one group before their keys reach the index.
-	group     map[uint64]int32
-	groupRecs []*Record
-	chain     []int32
-	batch     *pebble.Batch
-	keyBuf    []byte
-	pending   []pendingKey // the group's keys, written sorted by endGroup
-	digest    *xxhash.Digest
+	// fresh holds the keys accepted since the last flush, by hash (the
+	// value is the generation); pending lists them in order of acceptance.
+	// pending[:committed] belong to groups whose records are stored, up to
+	// seq committedSeq; the rest to the group in progress, undone if it fails.
+	fresh        map[hash128]uint32
+	pending      []pendingKey
+	committed    int
+	committedSeq uint64
+	lastFlush    time.Time
 
-	lookups, hits, indexGets uint64
+	// The batch being written in the background, if any: its keys (by hash
+	// and sorted), the seq it moves the checkpoint to, and where its result
+	// arrives.
+	flushing     map[hash128]uint32
+	flushKeys    []pendingKey
+	flushSeq     uint64
+	flushDone    chan error
+	inFlight     bool
+	flushEvery   int
+	flushMaxWait time.Duration
+
+	keyBuf []byte
+	digest *xxhash.Digest
+
+	lookups, hits, indexGets, flushes uint64
 }
 
-func newDedup(db *pebble.DB, o *Options) *dedup {
+// dedupFlushWait is how long accepted keys wait for a full index batch.
+const dedupFlushWait = time.Second
+
+func newDedup(db *pebble.DB, o *Options, stageDir string, wopts sstable.WriterOptions) *dedup {
 	d := &dedup{
-		db:      db,
-		enabled: o.DedupWindow > 0,
-		window:  o.DedupWindow,
-		gens:    make(map[uint32]*bloom.Filter),
-		group:   make(map[uint64]int32),
-		digest:  xxhash.New(),
+		db:       db,
+		fs:       o.FS,
+		stageDir: stageDir,
+		wopts:    wopts,
+		enabled:  o.DedupWindow > 0,
+		window:   o.DedupWindow,
+		gens:     make(map[uint32]*bloom.Filter),
+		digest:   xxhash.New(),
+
+		fresh:        make(map[hash128]uint32),
+		flushing:     make(map[hash128]uint32),
+		flushDone:    make(chan error, 1),
+		flushEvery:   o.DedupIndexBatchKeys,
+		flushMaxWait: dedupFlushWait,
 	}
 	if d.enabled {
 		d.genDur = max(o.DedupWindow/time.Duration(o.DedupGenerations), time.Millisecond)
@@ -107,6 +153,8 @@ func (d *dedup) load(now time.Time) error {
 	if v, closer, err := d.db.Get(keyDedupCkpt); err == nil {
 		if len(v) == 8 {
 			d.ckpt = binary.BigEndian.Uint64(v)
+			d.committedSeq = d.ckpt
+			d.indexed.Store(d.ckpt)
 		}
 		closer.Close()
 	} else if !errors.Is(err, pebble.ErrNotFound) {
@@ -163,33 +211,67 @@ func (d *dedup) expire(now time.Time) error {
 	return nil
 }
 
-// beginGroup starts a group of records.
-func (d *dedup) beginGroup() {
-	clear(d.group)
-	d.groupRecs = d.groupRecs[:0]
-	d.chain = d.chain[:0]
-	if d.batch == nil {
-		d.batch = d.db.NewBatch()
+// beginGroup starts a group of records: it undoes the keys of a group that
+// did not commit (its records are not stored) and collects a finished
+// background batch.
+func (d *dedup) beginGroup() error {
+	d.undoGroup()
+	if !d.inFlight {
+		return nil
 	}
-	d.batch.Reset()
-	d.pending = d.pending[:0]
+	select {
+	case err := <-d.flushDone:
+		return d.flushed(err)
+	default:
+		return nil
+	}
+}
+
+// undoGroup forgets the keys of a group that did not commit.
+func (d *dedup) undoGroup() {
+	for _, p := range d.pending[d.committed:] {
+		delete(d.fresh, p.h)
+	}
+	d.pending = d.pending[:d.committed]
 }
 
 // seen reports whether r duplicates an event stored before or accepted
 // earlier in this group; if not, it records r as accepted with sequence
-// number seq. r must stay valid until endGroup.
+// number seq.
 func (d *dedup) seen(r *Record, seq uint64, now time.Time) (bool, error) {
 	if !d.enabled || len(r.MessageID) == 0 {
 		return false, nil
 	}
 	d.lookups++
 	h := d.hash(r.Source, r.MessageID)
-	for i := d.group[h.lo]; i > 0; i = d.chain[i-1] {
-		o := d.groupRecs[i-1]
-		if bytes.Equal(o.Source, r.Source) && bytes.Equal(o.MessageID, r.MessageID) {
-			d.hits++
-			return true, nil
+	maybe := false
+	for gen, f := range d.gens {
+		if gen >= d.minGen && f.MayContain(h.lo) {
+			maybe = true
+			break
 		}
+	}
+	if maybe {
+		dup, err := d.known(h)
+		if err != nil || dup {
+			return dup, err
+		}
+	}
+	gen := d.genOf(now)
+	d.fresh[h] = gen
+	d.add(h, seq, gen)
+	return false, nil
+}
+
+// known looks h up in the keys not yet in the index, then in the index.
+func (d *dedup) known(h hash128) (bool, error) {
+	if gen, ok := d.fresh[h]; ok && gen >= d.minGen {
+		d.hits++
+		return true, nil
+	}
+	if gen, ok := d.flushing[h]; ok && gen >= d.minGen {
+		d.hits++
+		return true, nil
 	}
 	for gen, f := range d.gens {
 		if gen < d.minGen || !f.MayContain(h.lo) {
@@ -207,46 +289,148 @@ func (d *dedup) seen(r *Record, seq uint64, now time.Time) (bool, error) {
 			return false, fmt.Errorf("cannot look up dedup key: %w", err)
 		}
 	}
-	d.groupRecs = append(d.groupRecs, r)
-	d.chain = append(d.chain, d.group[h.lo])
-	d.group[h.lo] = int32(len(d.groupRecs))
-	d.add(h, seq, d.genOf(now))
 	return false, nil
 }
 
-// add puts a record's key in the filter and the pending batch.
+// add puts a record's key in the filter and the pending keys.
 func (d *dedup) add(h hash128, seq uint64, gen uint32) {
 	d.filter(gen).Add(h.lo)
 	d.pending = append(d.pending, pendingKey{gen: gen, h: h, seq: seq})
 }
 
-// endGroup commits the accepted keys and the checkpoint lastSeq, unsynced:
-// the segment holding the records is already synced, and replay covers a
-// lost tail of the index.
-func (d *dedup) endGroup(lastSeq uint64) error {
-	if lastSeq <= d.ckpt {
+// endGroup marks the group's keys as belonging to stored records, up to
+// lastSeq, and starts a background batch when enough keys wait (or they
+// waited long enough) and none is being written. It returns the error of a
+// background batch that failed; its keys are kept for the next one.
+func (d *dedup) endGroup(lastSeq uint64, now time.Time) error {
+	d.committed = len(d.pending)
+	d.committedSeq = max(d.committedSeq, lastSeq)
+	if d.committed == 0 {
+		if !d.inFlight {
+			d.indexed.Store(d.committedSeq) // no key waits
+		}
 		return nil
 	}
-	// In key order: the memtable's skiplist inserts a sorted run far
-	// faster than random keys (each insert starts from the last one's
-	// position instead of a search with cache misses from the top).
-	slices.SortFunc(d.pending, func(a, b pendingKey) int {
+	if d.lastFlush.IsZero() {
+		d.lastFlush = now
+	}
+	if d.committed < d.flushEvery && now.Sub(d.lastFlush) < d.flushMaxWait {
+		return nil
+	}
+	if d.inFlight {
+		if d.committed < 2*d.flushEvery {
+			return nil // the writer is behind: collect more meanwhile
+		}
+		if err := d.flushed(<-d.flushDone); err != nil {
+			return err
+		}
+	}
+	d.startFlush(now)
+	return nil
+}
+
+// startFlush hands the committed keys to a background index batch.
+func (d *dedup) startFlush(now time.Time) {
+	d.flushKeys = append(d.flushKeys[:0], d.pending[:d.committed]...)
+	slices.SortFunc(d.flushKeys, func(a, b pendingKey) int {
 		return cmp.Or(cmp.Compare(a.gen, b.gen), cmp.Compare(a.h.lo, b.h.lo), cmp.Compare(a.h.hi, b.h.hi))
 	})
-	var v [8]byte
-	for _, p := range d.pending {
-		d.keyBuf = appendDedupKey(d.keyBuf[:0], p.gen, p.h)
-		binary.BigEndian.PutUint64(v[:], p.seq)
-		d.batch.Set(d.keyBuf, v[:], nil)
-	}
+	d.flushSeq = d.committedSeq
+	// The group in progress has no keys (endGroup or sync just committed
+	// them): everything moves to flushing.
+	d.fresh, d.flushing = d.flushing, d.fresh
+	clear(d.fresh)
 	d.pending = d.pending[:0]
-	binary.BigEndian.PutUint64(v[:], lastSeq)
-	d.batch.Set(keyDedupCkpt, v[:], nil)
-	if err := d.batch.Commit(pebble.NoSync); err != nil {
-		return fmt.Errorf("cannot commit dedup keys: %w", err)
+	d.committed = 0
+	d.lastFlush = now
+	d.inFlight = true
+	d.flushes++
+	go func(keys []pendingKey, ckpt uint64) { d.flushDone <- d.ingest(keys, ckpt) }(d.flushKeys, d.flushSeq)
+}
+
+// ingest writes sorted keys and the checkpoint ckpt into a table and
+// ingests it into the index: atomic and durable, and far cheaper than
+// inserting random keys into the memtable one by one, then flushing them.
+func (d *dedup) ingest(keys []pendingKey, ckpt uint64) error {
+	path := d.fs.PathJoin(d.stageDir, "dedup.sst")
+	f, err := d.fs.Create(path, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return fmt.Errorf("cannot create dedup table: %w", err)
 	}
-	d.ckpt = lastSeq
+	w := sstable.NewWriter(objstorageprovider.NewFileWritable(f), d.wopts)
+	var key, prev []byte
+	var v [8]byte
+	for _, p := range keys {
+		key = appendDedupKey(key[:0], p.gen, p.h)
+		if bytes.Equal(key, prev) {
+			continue // the same event replayed twice
+		}
+		binary.BigEndian.PutUint64(v[:], p.seq)
+		if err = w.Set(key, v[:]); err != nil {
+			break
+		}
+		prev = append(prev[:0], key...)
+	}
+	if err == nil {
+		binary.BigEndian.PutUint64(v[:], ckpt)
+		err = w.Set(keyDedupCkpt, v[:])
+	}
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = d.db.Ingest(context.Background(), []string{path})
+	}
+	if rerr := d.fs.Remove(path); rerr != nil && err == nil && !errors.Is(rerr, os.ErrNotExist) {
+		err = rerr
+	}
+	if err != nil {
+		return fmt.Errorf("cannot write dedup keys to the index: %w", err)
+	}
 	return nil
+}
+
+// flushed takes a background batch's result. On success the checkpoint
+// moves; on failure its keys return to the waiting ones for the next batch.
+func (d *dedup) flushed(err error) error {
+	d.inFlight = false
+	if err == nil {
+		d.ckpt = d.flushSeq
+		d.indexed.Store(d.ckpt)
+		clear(d.flushing)
+		return nil
+	}
+	for h, gen := range d.flushing {
+		d.fresh[h] = gen
+	}
+	clear(d.flushing)
+	d.committed += len(d.flushKeys)
+	d.pending = append(d.flushKeys, d.pending...)
+	d.flushKeys = nil
+	return fmt.Errorf("cannot commit dedup keys: %w", err)
+}
+
+// idle reports whether the committed keys waited too long for endGroup to
+// write them (no appends since).
+func (d *dedup) idle(now time.Time) bool {
+	return !d.inFlight && now.Sub(d.lastFlush) >= d.flushMaxWait
+}
+
+// sync writes every committed key to the index and waits: Reclaim calls it
+// before deleting a segment past the checkpoint, Close before closing.
+func (d *dedup) sync(now time.Time) error {
+	if d.inFlight {
+		if err := d.flushed(<-d.flushDone); err != nil {
+			return err
+		}
+	}
+	d.undoGroup() // sync runs between groups: any uncommitted key is stale
+	if d.committed == 0 {
+		d.indexed.Store(d.committedSeq) // no key waits
+		return nil
+	} // sync runs between groups: any uncommitted key is stale
+	d.startFlush(now)
+	return d.flushed(<-d.flushDone)
 }
 
 // replay adds the key of a record found in the log past the checkpoint.
@@ -258,5 +442,7 @@ func (d *dedup) replay(r *Record, now time.Time) {
 	if t.Before(now.Add(-d.window)) || t.After(now) {
 		t = now
 	}
-	d.add(d.hash(r.Source, r.MessageID), r.Seq, d.genOf(t))
+	h, gen := d.hash(r.Source, r.MessageID), d.genOf(t)
+	d.fresh[h] = gen
+	d.add(h, r.Seq, gen)
 }

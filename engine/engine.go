@@ -207,7 +207,9 @@ func (e *Engine) commitGroup(group []*appendReq) {
 	if err := e.dedup.expire(now); err != nil {
 		e.log.Warn("cannot expire dedup generations", "err", err)
 	}
-	e.dedup.beginGroup()
+	if err := e.dedup.beginGroup(); err != nil {
+		e.log.Warn("dedup index write failed; its keys stay in memory and are written again", "err", err)
+	}
 	e.buf = e.buf[:0]
 	seq := e.nextSeq
 	for _, req := range group {
@@ -233,7 +235,7 @@ func (e *Engine) commitGroup(group []*appendReq) {
 	if len(e.buf) == 0 {
 		return
 	}
-	if err := e.writeLocked(seq - 1); err != nil {
+	if err := e.writeLocked(seq-1, now); err != nil {
 		fail(err)
 		return
 	}
@@ -249,9 +251,9 @@ func (e *Engine) commitGroup(group []*appendReq) {
 }
 
 // writeLocked writes e.buf to the active segment, syncs it and commits the
-// group's dedup keys. On any failure the engine is marked broken: the bytes
+// group's dedup keys (to memory; the index follows behind). On any failure the engine is marked broken: the bytes
 // written are never counted and the segment is sealed before them.
-func (e *Engine) writeLocked(lastSeq uint64) error {
+func (e *Engine) writeLocked(lastSeq uint64, now time.Time) error {
 	if _, err := e.file.Write(e.buf); err != nil {
 		return e.breakLocked(fmt.Errorf("cannot write segment %d: %w", e.active.id, err))
 	}
@@ -261,8 +263,11 @@ func (e *Engine) writeLocked(lastSeq uint64) error {
 		}
 		e.stats.fsyncs.Add(1)
 	}
-	if err := e.dedup.endGroup(lastSeq); err != nil {
-		return e.breakLocked(err)
+	// The group's records are durable: from here it commits. A failed
+	// background index batch does not fail it (its keys stay in memory and
+	// go out again; the checkpoint and Reclaim wait for them).
+	if err := e.dedup.endGroup(lastSeq, now); err != nil {
+		e.log.Warn("dedup index write failed; its keys stay in memory and are written again", "err", err)
 	}
 	e.stats.bytesWritten.Add(uint64(len(e.buf)))
 	e.diskUsage.Add(int64(len(e.buf)))
@@ -382,6 +387,9 @@ func (e *Engine) Close() error {
 		close(e.closing)
 		e.wg.Wait()
 		e.writeMu.Lock()
+		if serr := e.dedup.sync(e.opts.Now()); serr != nil {
+			err = serr
+		}
 		if e.file != nil {
 			if cerr := e.file.Close(); cerr != nil {
 				err = fmt.Errorf("cannot close active segment: %w", cerr)
@@ -412,7 +420,7 @@ func (e *Engine) reclaimLoop() {
 		case <-e.closing:
 			return
 		case <-t.C:
-			if _, err := e.Reclaim(); err != nil {
+			if _, err := e.reclaim(false); err != nil {
 				e.log.Warn("reclaim failed", "err", err)
 			}
 		}

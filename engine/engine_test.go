@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -267,5 +268,91 @@ func TestConsumerTransitions(t *testing.T) {
 	tx.Succeed(3)
 	if err := tx.Commit(); !errors.Is(err, ErrIllegalTransition) {
 		t.Fatalf("want illegal, got %v", err)
+	}
+}
+
+// Dedup keys reach the index in batches behind the appends: a duplicate is
+// found whether its key waits in memory, is being written, or is in the
+// index, and the checkpoint follows the batches.
+func TestDedupIndexBatches(t *testing.T) {
+	o := testOptions(vfs.NewMem())
+	o.DedupIndexBatchKeys = 7
+	e, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	var batches [][]Record
+	for i := 0; i < 40; i++ {
+		recs := []Record{rec("u", 3*i), rec("u", 3*i+1), rec("u", 3*i+2), rec("u", 3*i)}
+		res, err := e.Append(context.Background(), recs)
+		if err != nil || res.Stored != 3 || res.Duplicates != 1 {
+			t.Fatalf("batch %d: %+v %v", i, res, err)
+		}
+		batches = append(batches, recs[:3])
+		// The batch just stored (in memory) and every earlier one.
+		for j := i; j >= 0; j -= 1 + j/3 {
+			again := []Record{rec("u", 3*j), rec("u", 3*j+1), rec("u", 3*j+2)}
+			if res, err := e.Append(context.Background(), again); err != nil || res.Stored != 0 || res.Duplicates != 3 {
+				t.Fatalf("re-append of batch %d after %d: %+v %v", j, i, res, err)
+			}
+		}
+	}
+	e.writeMu.Lock()
+	err = e.dedup.sync(time.Now())
+	flushes, ckpt := e.dedup.flushes, e.dedup.ckpt
+	e.writeMu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flushes < 5 || ckpt != e.LastSeq() {
+		t.Fatalf("%d index batches, checkpoint %d: the keys did not go to the index in batches", flushes, ckpt)
+	}
+}
+
+// Reclaim deletes a segment only once its records' dedup keys are in the
+// index: after a crash, keys still in memory come back from the log past
+// the checkpoint, and a deleted segment cannot be replayed.
+func TestReclaimKeepsDedupKeys(t *testing.T) {
+	fs := vfs.NewCrashableMem()
+	o := testOptions(fs)
+	o.SegmentBytesMax = 4096
+	o.ReclaimActiveMinBytes = 1
+	now := time.Now()
+	o.Now = func() time.Time { return now }
+	e, err := Open(o) // the default batch: no key reaches the index by count
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	var ids []Record
+	for i := 0; i < 200; i++ {
+		ids = append(ids, rec("u", i))
+	}
+	for i := 0; i < len(ids); i += 10 {
+		if _, err := e.Append(context.Background(), slices.Clone(ids[i:i+10])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The periodic pass leaves keys the committer writes within the
+	// second to it: their segments wait.
+	if n, err := e.reclaim(false); err != nil || n != 0 {
+		t.Fatalf("reclaim deleted %d segments before their keys were indexed: %v", n, err)
+	}
+	now = now.Add(2 * time.Second) // the engine idles: the pass writes them
+	n, err := e.reclaim(false)     // no consumer: every sealed segment may go
+	if err != nil || n == 0 {
+		t.Fatalf("reclaim deleted %d segments: %v", n, err)
+	}
+	crashed := fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+	o.FS = crashed
+	e2, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Close()
+	res, err := e2.Append(context.Background(), slices.Clone(ids))
+	if err != nil || res.Stored != 0 || res.Duplicates != len(ids) {
+		t.Fatalf("re-append after reclaim and crash: %+v %v (events of deleted segments forgotten)", res, err)
 	}
 }

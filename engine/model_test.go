@@ -342,6 +342,7 @@ func newModelRun(t testing.TB, seed uint64, bug modelBug) *modelRun {
 	mr.opts = testOptions(mr.fs)
 	mr.opts.SegmentBytesMax = []int64{4096, 8192, 16 << 10}[r.IntN(3)]
 	mr.opts.ReclaimActiveMinBytes = []int64{1, 2048, 1 << 20}[r.IntN(3)]
+	mr.opts.DedupIndexBatchKeys = []int{1, 5, 40, 1 << 16}[r.IntN(4)]
 	mr.m = &modelState{bug: bug, seen: make(map[string]bool), cons: make(map[string]*mCons)}
 	mr.now = 1_000_000
 	mr.firstSeq = 1

@@ -23,7 +23,8 @@ func Open(opts Options) (*Engine, error) {
 	}
 	fs := o.FS
 	logDir, idxDir := fs.PathJoin(o.Dir, "log"), fs.PathJoin(o.Dir, "index")
-	for _, d := range []string{o.Dir, logDir, idxDir} {
+	stageDir := fs.PathJoin(o.Dir, "index-stage") // dedup tables before ingestion
+	for _, d := range []string{o.Dir, logDir, idxDir, stageDir} {
 		if err := mkdirAllSynced(fs, d); err != nil {
 			return nil, err
 		}
@@ -35,6 +36,13 @@ func Open(opts Options) (*Engine, error) {
 		Cache:        cache,
 		MemTableSize: o.IndexMemTableBytes,
 		Logger:       pebbleLogger{o.Logger},
+		// Dedup tables are ingested into L0, each spanning the whole key
+		// space, and each L0 compaction rewrites the dedup keys of the
+		// base level: letting more of them gather first cuts that work,
+		// and costs reads little (the Bloom filters in memory answer
+		// almost every lookup).
+		L0CompactionThreshold: 8,
+		L0StopWritesThreshold: 32,
 	}
 	// The bulk of the index is dedup keys: random message ids that do not
 	// compress; compressing them only costs the compactions CPU.
@@ -56,7 +64,7 @@ func Open(opts Options) (*Engine, error) {
 		nextID:    1,
 		nextSeq:   1,
 	}
-	e.dedup = newDedup(db, &o)
+	e.dedup = newDedup(db, &o, stageDir, popts.MakeWriterOptions(0, db.TableFormat()))
 	if err := e.recover(); err != nil {
 		db.Close()
 		return nil, err
@@ -331,7 +339,9 @@ func (e *Engine) recoverDedup() error {
 	defer r.Close()
 	var recs []Record
 	for {
-		e.dedup.beginGroup()
+		if err := e.dedup.beginGroup(); err != nil {
+			return err
+		}
 		recs, err = r.Next(recs[:0], 4096)
 		if err != nil {
 			return fmt.Errorf("cannot replay log for dedup: %w", err)
@@ -342,7 +352,7 @@ func (e *Engine) recoverDedup() error {
 		for i := range recs {
 			e.dedup.replay(&recs[i], now)
 		}
-		if err := e.dedup.endGroup(recs[len(recs)-1].Seq); err != nil {
+		if err := e.dedup.endGroup(recs[len(recs)-1].Seq, now); err != nil {
 			return err
 		}
 	}

@@ -54,6 +54,10 @@ type Options struct {
 	// "maybe" more often and lookups go to the index: slower, still exact.
 	// Default 64 MiB.
 	DedupFilterBytes int
+	// DedupIndexBatchKeys: accepted dedup keys wait in memory and go to the
+	// index in sorted batches of this many, or once the oldest waited a
+	// second. Default 262144.
+	DedupIndexBatchKeys int
 
 	// ReclaimInterval is how often sealed, fully consumed segments are
 	// deleted. Default 1s. Negative: only when Reclaim is called.
@@ -80,6 +84,7 @@ const (
 	defaultDedupWindow           = 24 * time.Hour
 	defaultDedupGenerations      = 4
 	defaultDedupFilterBytes      = 64 << 20
+	defaultDedupIndexBatchKeys   = 256 << 10
 	defaultReclaimInterval       = time.Second
 	defaultReclaimActiveMinBytes = 1 << 20
 	defaultIndexCacheBytes       = 32 << 20
@@ -109,6 +114,7 @@ func (o Options) withDefaults() (Options, error) {
 	setDefault(&o.DedupWindow, defaultDedupWindow)
 	setDefault(&o.DedupGenerations, defaultDedupGenerations)
 	setDefault(&o.DedupFilterBytes, defaultDedupFilterBytes)
+	setDefault(&o.DedupIndexBatchKeys, defaultDedupIndexBatchKeys)
 	setDefault(&o.ReclaimInterval, defaultReclaimInterval)
 	setDefault(&o.ReclaimActiveMinBytes, defaultReclaimActiveMinBytes)
 	setDefault(&o.IndexCacheBytes, defaultIndexCacheBytes)
@@ -130,6 +136,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("options: DedupGenerations %d out of range [1, 64]", o.DedupGenerations)
 	case o.DedupFilterBytes < 1024:
 		return o, fmt.Errorf("options: DedupFilterBytes %d below 1024", o.DedupFilterBytes)
+	case o.DedupIndexBatchKeys < 1:
+		return o, fmt.Errorf("options: DedupIndexBatchKeys %d must be positive", o.DedupIndexBatchKeys)
 	case o.DiskBudgetBytes < 0 || o.BacklogEventsMax < 0:
 		return o, fmt.Errorf("options: DiskBudgetBytes and BacklogEventsMax must not be negative")
 	}

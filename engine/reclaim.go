@@ -13,8 +13,13 @@ import (
 // stragglers) get a copy of its frame in the index first, so one stuck user
 // cannot pin the disk. The manifest change and the copies commit in one
 // synced batch before the file is removed. It returns how many segments it
-// deleted.
-func (e *Engine) Reclaim() (int, error) {
+// deleted. Dedup keys of their records still waiting to be indexed are
+// written first.
+func (e *Engine) Reclaim() (int, error) { return e.reclaim(true) }
+
+// reclaim is Reclaim; the periodic pass (force false) leaves segments whose
+// dedup keys the committer is about to index (see indexedThrough).
+func (e *Engine) reclaim(force bool) (int, error) {
 	e.idxMu.Lock()
 	defer e.idxMu.Unlock()
 	minCursor := e.hwm.Load() + 1
@@ -33,6 +38,10 @@ func (e *Engine) Reclaim() (int, error) {
 		if !s.sealed.Load() || s.lastSeq.Load() >= minCursor {
 			break
 		}
+		if ok, err := e.indexedThrough(s.lastSeq.Load(), force); err != nil || !ok {
+			e.refreshDiskUsage()
+			return deleted, err
+		}
 		if err := e.deleteSegment(s, consumers); err != nil {
 			e.refreshDiskUsage()
 			return deleted, err
@@ -46,6 +55,30 @@ func (e *Engine) Reclaim() (int, error) {
 	}
 	e.refreshDiskUsage()
 	return deleted, nil
+}
+
+// indexedThrough reports whether the dedup keys of records up to seq are
+// in the index, so that a segment holding them may be deleted: Open
+// rebuilds the keys it lost in a crash from the log past the checkpoint,
+// and a deleted segment is no longer there to replay. Unless forced, keys
+// the committer is about to write (it does every second while appends
+// come) are left to it: written here under load, they would make many
+// small index tables. The synced manifest batch that deletes the segment
+// makes them durable.
+func (e *Engine) indexedThrough(seq uint64, force bool) (bool, error) {
+	if e.dedup.indexed.Load() >= seq {
+		return true, nil
+	}
+	e.writeMu.Lock()
+	defer e.writeMu.Unlock()
+	now := e.opts.Now()
+	if !force && !e.dedup.idle(now) {
+		return false, nil
+	}
+	if err := e.dedup.sync(now); err != nil {
+		return false, fmt.Errorf("cannot reclaim: %w", err)
+	}
+	return e.dedup.indexed.Load() >= seq, nil
 }
 
 // cutConsumedActive seals the active segment when every consumer has passed
