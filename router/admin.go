@@ -283,6 +283,7 @@ func WriteMetrics(w io.Writer, routers []*Router) {
 		{"sluice_router_filtered_total", "Events filtered (source or type not accepted).", "counter", func(s Status) float64 { return float64(s.Counters.Filtered) }},
 		{"sluice_router_failed_total", "Retryable failures of single events (retried later; charged once the destination delivers others).", "counter", func(s Status) float64 { return float64(s.Counters.Failed) }},
 		{"sluice_router_spilled_total", "Events stored while in flight because the read-ahead window filled.", "counter", func(s Status) float64 { return float64(s.Counters.Spilled) }},
+		{"sluice_router_rejected_total", "Events a destination refused by name in a batch it otherwise took (partial success).", "counter", func(s Status) float64 { return float64(s.Counters.Rejected) }},
 		{"sluice_router_aborted_total", "Events aborted into the dead letters.", "counter", func(s Status) float64 { return float64(s.Counters.Aborted) }},
 		{"sluice_router_throttled_total", "Throttled answers (429).", "counter", func(s Status) float64 { return float64(s.Counters.Throttled) }},
 		{"sluice_router_requests_total", "Requests sent.", "counter", func(s Status) float64 { return float64(s.Counters.Requests) }},

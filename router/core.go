@@ -135,7 +135,7 @@ type core struct {
 // Counters are a destination's running totals.
 type Counters struct {
 	Delivered, Filtered, Failed, Aborted, Expired, Throttled, Retried uint64
-	Requests, OutageAttempts, BreakerOpened, Spilled                  uint64
+	Requests, OutageAttempts, BreakerOpened, Spilled, Rejected        uint64
 }
 
 func newCore(cfg Config, log Log, cons *engine.Consumer) (*core, error) {
@@ -448,6 +448,89 @@ func (c *core) complete(b *batch, now time.Time) {
 	res := b.res
 	out := c.pol.classify(res)
 	c.aimd.observe(b.start, now, c.inFlight+1, out == outThrottled || out == outRetryable)
+	if len(res.Rejected) > 0 && (out == outSuccess || out == outAbort) {
+		c.completePartial(b, now)
+		return
+	}
+	c.apply(b, out, now)
+}
+
+// completePartial applies an answer that took some events of the batch and
+// refused others by name: each refused event gets its own status's outcome,
+// as if it had gone alone to a destination that is up, and the rest are
+// delivered. The refused go first, so that a failed one's barrier is up
+// before its key is released, and in batch order: once one of a key fails
+// or is throttled, its later refused events go back behind it unchanged,
+// not retried on their own. (A destination that takes an event after
+// failing an earlier one of the same user has broken that user's order
+// itself; the failed one is retried.)
+func (c *core) completePartial(b *batch, now time.Time) {
+	res := b.res
+	named := make([]int, len(b.items)) // 1 + index into res.Rejected; 0: taken
+	for i, r := range res.Rejected {
+		if r.Index >= 0 && r.Index < len(b.items) && named[r.Index] == 0 {
+			named[r.Index] = i + 1
+		}
+	}
+	var took, back []*item
+	for i, it := range b.items {
+		if named[i] == 0 {
+			took = append(took, it)
+		}
+	}
+	c.health.success(b.items[0].key, b.start, len(took) > 0) // it answered: it is up
+	stopped := map[string]bool{}
+	for i, it := range b.items {
+		if named[i] == 0 {
+			continue
+		}
+		r := res.Rejected[named[i]-1]
+		one := &batch{items: []*item{it}, entry: b.entry, start: b.start, res: Result{Status: r.Status, Body: r.Reason}}
+		c.stats.Rejected++
+		out := c.pol.classify(one.res)
+		if stopped[it.key] && (out == outRetryable || out == outThrottled) {
+			back = append(back, it)
+			continue
+		}
+		switch out {
+		case outSuccess:
+			took = append(took, it)
+		case outAbort:
+			c.refuse(it, one.res, now)
+			c.release(one)
+		case outThrottled:
+			c.stats.Throttled++
+			c.throttledUntil = now.Add(c.pol.BackoffInitial)
+			back = append(back, it)
+			stopped[it.key] = c.cfg.Ordering
+		case outRetryable:
+			c.fail(it, one.res, now)
+			c.release(one)
+			stopped[it.key] = c.cfg.Ordering
+		}
+	}
+	if len(back) > 0 {
+		c.requeue(&batch{items: back, entry: b.entry, start: b.start}, false, now)
+	}
+	if len(took) > 0 {
+		c.stats.Delivered += uint64(len(took))
+		c.settle(&batch{items: took, entry: b.entry, start: b.start, res: res}, now)
+	}
+}
+
+// refuse aborts an event the destination refused (a non-retryable answer
+// to a request of it alone, or naming it).
+func (c *core) refuse(it *item, res Result, now time.Time) {
+	it.attempts++ // the refused attempt is the event's own (charged)
+	if it.first == 0 {
+		it.first = now.UnixNano()
+	}
+	c.abort(it, res, fmt.Sprintf("rejected with status %d", res.Status), now)
+}
+
+// apply applies an outcome to a batch whose request is complete.
+func (c *core) apply(b *batch, out outcome, now time.Time) {
+	res := b.res
 	key := b.items[0].key
 	switch out {
 	case outSuccess:
@@ -465,12 +548,7 @@ func (c *core) complete(b *batch, now time.Time) {
 			c.requeue(b, true, now) // bisect to find the event it refuses
 			return
 		}
-		it := b.items[0]
-		it.attempts++ // the refused attempt is the event's own (charged)
-		if it.first == 0 {
-			it.first = now.UnixNano()
-		}
-		c.abort(it, res, fmt.Sprintf("rejected with status %d", res.Status), now)
+		c.refuse(b.items[0], res, now)
 		c.release(b)
 	case outRetryable:
 		if !c.health.failure(key, b.start, now, c.cfg.Rand) {

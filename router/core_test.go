@@ -330,8 +330,16 @@ func (h *harness) dispatch(b *batch, now time.Time) {
 	}
 	s.res = h.respond(h, b)
 	b.res = s.res
-	if h.c.pol.classify(s.res) == outSuccess {
-		for _, it := range b.items {
+	out := h.c.pol.classify(s.res)
+	if out == outSuccess || out == outAbort && len(s.res.Rejected) > 0 {
+		refused := map[int]bool{}
+		for _, r := range s.res.Rejected {
+			refused[r.Index] = true
+		}
+		for i, it := range b.items {
+			if refused[i] {
+				continue
+			}
 			h.done[it.seq] = true
 			h.dlv = append(h.dlv, delivery{seq: it.seq, key: it.key, msgID: string(it.ev.MessageID), at: now})
 		}
@@ -1314,6 +1322,57 @@ func TestCoreReplay(t *testing.T) {
 	h.check(true)
 }
 
+// A destination that names the events it refuses in a batch it otherwise
+// takes (a partial success): the named ones are handled as if sent alone
+// (refused: aborted at once; failing: retried behind their key's barrier),
+// the others are delivered by that one request. Nothing is sent again to
+// find the bad event.
+func TestCorePartialRejection(t *testing.T) {
+	h := newHarness(t, Config{Ordering: true, BatchSize: 5, ConcurrencyInitial: 1})
+	var seqs []uint64
+	for i := 0; i < 4; i++ {
+		for _, k := range []string{"A", "B", "C", "D", "E"} {
+			seqs = append(seqs, h.add(k))
+		}
+	}
+	poison, flaky := seqs[6], seqs[12] // B in the second batch, C in the third
+	h.respond = func(h *harness, b *batch) Result {
+		var rej []Rejection
+		for i, it := range b.items {
+			switch {
+			case it.seq == poison:
+				rej = append(rej, Rejection{Index: i, Status: 422, Reason: []byte(`{"error":"bad"}`)})
+			case it.key == "C" && it.seq >= flaky && h.tries[flaky] == 1:
+				// It keeps each user's order: C's later events in the
+				// batch are refused with the failing one.
+				rej = append(rej, Rejection{Index: i, Status: 503})
+			}
+		}
+		return Result{Status: 200, Rejected: rej}
+	}
+	h.settle()
+	ab := h.aborted()
+	if len(ab) != 1 || ab[poison].Reason != "rejected with status 422" || string(ab[poison].Response) != `{"error":"bad"}` {
+		t.Fatalf("aborted %+v, want only %d, refused with its reason", ab, poison)
+	}
+	for _, seq := range seqs {
+		want := 1
+		if seq >= flaky && h.bySeq[seq].key == "C" {
+			want = 2
+		}
+		if h.tries[seq] != want {
+			t.Errorf("event %d sent %d times, want %d", seq, h.tries[seq], want)
+		}
+		if seq != poison && !h.done[seq] {
+			t.Errorf("event %d not delivered", seq)
+		}
+	}
+	if got := h.c.stats.Rejected; got != 3 {
+		t.Errorf("rejected counter %d, want 3", got)
+	}
+	h.check(true) // C's later events waited for the retried one
+}
+
 // A batch the destination refuses is bisected: its events go again in
 // halves, a refused half is halved again, and only the event refused alone
 // is aborted, both for window batches and for batches of released skipped
@@ -1715,6 +1774,7 @@ func randomScenario(t *testing.T, seed uint64) {
 		}
 	}
 	faults := true
+	names := rng.IntN(3) == 0 // the destination names the events it refuses
 	var downUntil, throttleUntil time.Time
 	h.respond = func(h *harness, b *batch) Result {
 		now := h.now()
@@ -1732,6 +1792,11 @@ func randomScenario(t *testing.T, seed uint64) {
 			case r < 15 && now.After(throttleUntil):
 				throttleUntil = now.Add(time.Second)
 				return Result{Status: 429, RetryAfter: time.Duration(rng.IntN(3000)) * time.Millisecond}
+			}
+		}
+		if names {
+			if res, ok := nameRejected(h, b, class, faults); ok {
+				return res
 			}
 		}
 		for _, it := range b.items {
@@ -1782,10 +1847,55 @@ func randomScenario(t *testing.T, seed uint64) {
 		}
 	}
 	h.check(true)
-	t.Logf("ordering %v, rate %v, batch %d, concurrency %d/%d, window %d, min attempts %d, health %d/%d, %d keys: "+
+	t.Logf("names %v, ordering %v, rate %v, batch %d, concurrency %d/%d, window %d, min attempts %d, health %d/%d, %d keys: "+
 		"%d events, %d requests, %d delivered, %d aborted, %d steps, %v",
-		cfg.Ordering, cfg.RateLimit, cfg.BatchSize, cfg.ConcurrencyInitial, cfg.ConcurrencyMax, cfg.WindowEvents, cfg.Policy.MinAttempts,
+		names, cfg.Ordering, cfg.RateLimit, cfg.BatchSize, cfg.ConcurrencyInitial, cfg.ConcurrencyMax, cfg.WindowEvents, cfg.Policy.MinAttempts,
 		cfg.Policy.FailureMin, cfg.Policy.HealthWindow, nkeys, len(h.events), len(h.sends), len(h.done), len(ab), h.steps, h.now().Sub(epoch).Round(time.Second))
+}
+
+// nameRejected answers a batch the way a destination that reports per event
+// would: it takes the good events and names the refused (400) and failing
+// (500) ones, the batch status 200 or 400. It keeps each user's order: a
+// failing event followed in the batch by a later one of its key gets those
+// named too (503), or the whole batch failed. ok is false when nothing is
+// named.
+func nameRejected(h *harness, b *batch, class map[uint64]string, faults bool) (Result, bool) {
+	var rej []Rejection
+	stopped := map[string]bool{}
+	for i, it := range b.items {
+		status := 0
+		if stopped[it.key] {
+			status = 503
+		}
+		switch class[it.seq] {
+		case "refused":
+			status = 400
+		case "failing":
+			status = 500
+		case "flaky":
+			if h.tries[it.seq] <= 1 && faults {
+				status = 500
+			}
+		}
+		if status == 0 {
+			continue
+		}
+		if status >= 500 && slices.ContainsFunc(b.items[i+1:], func(o *item) bool { return o.key == it.key }) {
+			if it.seq%2 == 0 {
+				return Result{Status: 500}, true
+			}
+			stopped[it.key] = true
+		}
+		rej = append(rej, Rejection{Index: i, Status: status, Reason: []byte("named")})
+	}
+	if len(rej) == 0 {
+		return Result{}, false
+	}
+	status := 200
+	if len(rej)%2 == 0 {
+		status = 400
+	}
+	return Result{Status: status, Rejected: rej}, true
 }
 
 // A dead letter replayed while its key is blocked: the replayed event is

@@ -31,6 +31,22 @@ type Result struct {
 	RetryAfter time.Duration
 	// Body is the start of the response body, for dead letters.
 	Body []byte
+	// Rejected names events of the batch that the destination refused one
+	// by one while it took the others (a partial success): Status then
+	// stands for the rest. Only a definite answer (success or refusal)
+	// can carry it.
+	Rejected []Rejection
+}
+
+// Rejection is one event of a batch the destination refused.
+type Rejection struct {
+	// Index is the event's position in the events given to Send.
+	Index int
+	// Status is the event's own status: a refusal (4xx) aborts it, a
+	// retryable one (5xx, 408, 429) retries it like a failed delivery.
+	Status int
+	// Reason is the destination's word on it, kept with a dead letter.
+	Reason []byte
 }
 
 // Destination delivers events somewhere. Send delivers a batch as a whole:

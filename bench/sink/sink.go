@@ -53,6 +53,11 @@ type Config struct {
 	// PoisonPercent of events (chosen by messageId hash, so a retry of a
 	// poison event is poison again) are answered 400.
 	PoisonPercent float64
+	// NamePoison: a batch with poison events is answered 200 naming them
+	// ({"rejected":[{"index":i,"status":400,...}]}, the webhook's
+	// partial_failures format) and the others count as received; without
+	// it the whole batch is refused.
+	NamePoison bool
 	// Latency is added to every request.
 	Latency time.Duration
 }
@@ -174,16 +179,39 @@ func (s *Sink) handle(ctx *fasthttp.RequestCtx) {
 		fmt.Fprintf(ctx, `{"error":%q}`, err.Error())
 		return
 	}
-	for _, e := range evs {
+	var poison []int
+	for i, e := range evs {
 		if IsPoison(e.MessageID, s.cfg.PoisonPercent) {
 			s.poisoned.Add(1)
-			ctx.SetStatusCode(fasthttp.StatusBadRequest)
-			fmt.Fprintf(ctx, `{"error":"poison event %s"}`, e.MessageID)
-			return
+			if !s.cfg.NamePoison {
+				ctx.SetStatusCode(fasthttp.StatusBadRequest)
+				fmt.Fprintf(ctx, `{"error":"poison event %s"}`, e.MessageID)
+				return
+			}
+			poison = append(poison, i)
 		}
 	}
-	s.record(evs, now)
 	ctx.SetStatusCode(fasthttp.StatusOK)
+	if len(poison) == 0 {
+		s.record(evs, now)
+		return
+	}
+	good := make([]event, 0, len(evs)-len(poison))
+	ctx.WriteString(`{"rejected":[`)
+	next := 0 // into poison
+	for i, e := range evs {
+		if next == len(poison) || poison[next] != i {
+			good = append(good, e)
+			continue
+		}
+		if next > 0 {
+			ctx.WriteString(",")
+		}
+		fmt.Fprintf(ctx, `{"index":%d,"status":400,"error":"poison event %s"}`, i, e.MessageID)
+		next++
+	}
+	ctx.WriteString(`]}`)
+	s.record(good, now)
 }
 
 func (s *Sink) record(evs []event, now time.Time) {

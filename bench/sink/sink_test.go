@@ -1,9 +1,16 @@
 package sink
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"net"
 	"reflect"
+	"slices"
 	"testing"
+
+	"github.com/sluice-cdi/sluice/router"
+	"github.com/sluice-cdi/sluice/router/webhook"
 )
 
 // TestFastEvents checks the reflection-free decoder against encoding/json
@@ -45,6 +52,51 @@ func TestFastEvents(t *testing.T) {
 	} {
 		if _, ok := fastEvents([]byte(body)); ok {
 			t.Fatalf("accepted %q", body)
+		}
+	}
+}
+
+// With NamePoison the sink takes a batch's good events and names the poison
+// ones in the webhook destination's partial_failures format.
+func TestNamePoison(t *testing.T) {
+	s := New(Config{PoisonPercent: 30, NamePoison: true})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	defer s.Close()
+	w, err := webhook.New(webhook.Config{URL: "http://" + ln.Addr().String() + "/ingest", Batch: true, PartialFailures: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var evs []router.Event
+	var want []int
+	for i := range 20 {
+		mid := fmt.Sprintf("m-%d", i)
+		evs = append(evs, router.Event{MessageID: []byte(mid), Payload: fmt.Appendf(nil, `{"messageId":%q,"userId":"u","properties":{"n":%d}}`, mid, i)})
+		if IsPoison(mid, 30) {
+			want = append(want, i)
+		}
+	}
+	if len(want) == 0 || len(want) == len(evs) {
+		t.Fatalf("poison %v: pick other ids", want)
+	}
+	res := w.Send(context.Background(), evs)
+	var got []int
+	for _, r := range res.Rejected {
+		if r.Status != 400 {
+			t.Errorf("rejection %+v", r)
+		}
+		got = append(got, r.Index)
+	}
+	if res.Status != 200 || !slices.Equal(got, want) {
+		t.Fatalf("status %d, rejected %v, want %v", res.Status, got, want)
+	}
+	for i, ev := range evs {
+		if n, poison := s.Arrived(string(ev.MessageID)), slices.Contains(want, i); (n == 1) == poison || n > 1 {
+			t.Errorf("event %d (poison %v) arrived %d times", i, poison, n)
 		}
 	}
 }

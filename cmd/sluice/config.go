@@ -92,6 +92,9 @@ type WebhookConfig struct {
 	Method  string            `yaml:"method"`
 	Headers map[string]string `yaml:"headers"`
 	Secret  string            `yaml:"secret"`
+	// PartialFailures: the endpoint may name the events of a batch it
+	// refuses and take the rest (see webhook.Config.PartialFailures).
+	PartialFailures bool `yaml:"partial_failures"`
 }
 
 // FileConfig is a file destination's config block.

@@ -72,7 +72,7 @@ func buildDestination(d *Destination) (router.Destination, int, error) {
 		}
 		batch := max(d.BatchSize, 1)
 		w, err := webhook.New(webhook.Config{URL: c.URL, Method: c.Method, Headers: c.Headers, Secret: c.Secret,
-			Batch: d.BatchSize > 1, Timeout: d.Timeout})
+			Batch: d.BatchSize > 1, Timeout: d.Timeout, PartialFailures: c.PartialFailures})
 		if err != nil {
 			return nil, 0, fmt.Errorf("line %d: destination %q: %w", d.line, d.Name, err)
 		}

@@ -14,9 +14,11 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -44,6 +46,17 @@ type Config struct {
 	// Timeout bounds a request when the caller's context has no deadline.
 	// Default 30s.
 	Timeout time.Duration
+	// PartialFailures: the endpoint may answer a batch (2xx or 4xx) with a
+	// JSON body naming the events it refused, and so took the others:
+	//
+	//	{"rejected": [{"index": 3, "status": 400, "error": "..."},
+	//	              {"messageId": "m-1", "status": 503}]}
+	//
+	// Each names an event by its position in the array sent or by its
+	// messageId; status is that event's own (default 400: refused for
+	// good; 5xx, 408 and 429 retry it). Without it, or when the body names
+	// none, the status stands for the whole batch.
+	PartialFailures bool
 }
 
 // Webhook sends events over HTTP. Safe for concurrent use.
@@ -133,7 +146,52 @@ func (w *Webhook) Send(ctx context.Context, events []router.Event) router.Result
 	if ra := resp.Header.Peek("Retry-After"); len(ra) > 0 {
 		res.RetryAfter = parseRetryAfter(ra, time.Now())
 	}
+	if w.cfg.PartialFailures && w.cfg.Batch && res.Status >= 200 && res.Status < 500 && len(resp.Body()) > 0 {
+		res.Rejected = parseRejected(resp.Body(), events)
+	}
 	return res
+}
+
+// parseRejected reads the events a partial answer names (see
+// Config.PartialFailures); nil when the body is not such an answer.
+func parseRejected(body []byte, events []router.Event) []router.Rejection {
+	if !bytes.Contains(body, []byte(`"rejected"`)) {
+		return nil
+	}
+	var ans struct {
+		Rejected []json.RawMessage `json:"rejected"`
+	}
+	if json.Unmarshal(body, &ans) != nil {
+		return nil
+	}
+	var out []router.Rejection
+	named := make([]bool, len(events))
+	for _, raw := range ans.Rejected {
+		var r struct {
+			Index     *int   `json:"index"`
+			MessageID string `json:"messageId"`
+			Status    int    `json:"status"`
+		}
+		if json.Unmarshal(raw, &r) != nil {
+			continue
+		}
+		i := -1
+		switch {
+		case r.Index != nil:
+			i = *r.Index
+		case r.MessageID != "":
+			i = slices.IndexFunc(events, func(ev router.Event) bool { return string(ev.MessageID) == r.MessageID })
+		}
+		if i < 0 || i >= len(events) || named[i] {
+			continue
+		}
+		named[i] = true
+		if r.Status == 0 {
+			r.Status = 400
+		}
+		out = append(out, router.Rejection{Index: i, Status: r.Status, Reason: bytes.Clone(capped(raw))})
+	}
+	return out
 }
 
 func capped(b []byte) []byte {

@@ -126,3 +126,55 @@ func TestConfigAndRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+// With PartialFailures, an answer naming refused events (by index or by
+// messageId) comes back as Rejected; without it, or for a server error, the
+// status stands for the whole batch.
+func TestPartialFailures(t *testing.T) {
+	body := `{"rejected":[{"index":2,"status":422,"error":"bad"},{"messageId":"m-1"},{"index":9},{"messageId":"nope"},{"index":2}]}`
+	for _, tc := range []struct {
+		name    string
+		status  int
+		partial bool
+		want    []router.Rejection
+	}{
+		{"named-200", 200, true, []router.Rejection{
+			{Index: 2, Status: 422, Reason: []byte(`{"index":2,"status":422,"error":"bad"}`)},
+			{Index: 1, Status: 400, Reason: []byte(`{"messageId":"m-1"}`)},
+		}},
+		{"named-400", 400, true, []router.Rejection{
+			{Index: 2, Status: 422, Reason: []byte(`{"index":2,"status":422,"error":"bad"}`)},
+			{Index: 1, Status: 400, Reason: []byte(`{"messageId":"m-1"}`)},
+		}},
+		{"server-error", 500, true, nil},
+		{"option-off", 200, false, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(tc.status)
+				io.WriteString(w, body)
+			}))
+			defer srv.Close()
+			w, err := New(Config{URL: srv.URL, Batch: true, PartialFailures: tc.partial})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			res := w.Send(context.Background(), []router.Event{ev("m-0", `{}`), ev("m-1", `{}`), ev("m-2", `{}`)})
+			if res.Status != tc.status || len(res.Rejected) != len(tc.want) {
+				t.Fatalf("result %+v, want status %d and rejected %+v", res, tc.status, tc.want)
+			}
+			for i, r := range res.Rejected {
+				if w := tc.want[i]; r.Index != w.Index || r.Status != w.Status || string(r.Reason) != string(w.Reason) {
+					t.Errorf("rejection %d: %+v (reason %s), want %+v (reason %s)", i, r, r.Reason, w, w.Reason)
+				}
+			}
+		})
+	}
+	// A body that is not such an answer names nothing.
+	for _, b := range []string{`{"ok":true}`, `not json "rejected"`, `{"rejected":"all"}`} {
+		if got := parseRejected([]byte(b), []router.Event{ev("m-0", `{}`)}); got != nil {
+			t.Errorf("body %s: rejected %+v", b, got)
+		}
+	}
+}
