@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/sluice-cdi/sluice/engine/crashfs"
 )
 
 // Crash tests: a live engine on a crashable in-memory FS is cloned with
@@ -166,7 +168,7 @@ func (a *ackLog) snapshot() map[uint64]string {
 
 // crashClone is one crashed copy with what was acknowledged before it.
 type crashClone struct {
-	fs      *vfs.MemFS
+	fs      crashfs.FS
 	acked   map[uint64]string
 	percent int
 }
@@ -227,7 +229,7 @@ func crashPercent(seed uint64, rng *rand.Rand) int {
 
 func runCrashIteration(t *testing.T, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
-	fs := vfs.NewCrashableMem()
+	fs := crashfs.New()
 	logs := &logCapture{}
 	e, err := Open(crashOptions(fs, logs.logger()))
 	if err != nil {

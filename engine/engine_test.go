@@ -13,6 +13,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/sluice-cdi/sluice/engine/crashfs"
 )
 
 // testOptions returns small-segment options on an in-memory crashable FS.
@@ -314,7 +316,7 @@ func TestDedupIndexBatches(t *testing.T) {
 // index: after a crash, keys still in memory come back from the log past
 // the checkpoint, and a deleted segment cannot be replayed.
 func TestReclaimKeepsDedupKeys(t *testing.T) {
-	fs := vfs.NewCrashableMem()
+	fs := crashfs.New()
 	o := testOptions(fs)
 	o.SegmentBytesMax = 4096
 	o.ReclaimActiveMinBytes = 1

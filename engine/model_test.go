@@ -68,6 +68,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/sluice-cdi/sluice/engine/crashfs"
 )
 
 const (
@@ -290,7 +292,7 @@ type modelRun struct {
 	lastTrace []string
 
 	opts Options
-	fs   *vfs.MemFS
+	fs   crashfs.FS
 	e    *Engine
 	m    *modelState
 	made int // consumers created so far (names are never reused)
@@ -338,7 +340,7 @@ func newModelRun(t testing.TB, seed uint64, bug modelBug) *modelRun {
 	}
 	mr.reasons = []string{"timeout", "http 500", "poison", "gone"}[:1+r.IntN(4)]
 
-	mr.fs = vfs.NewCrashableMem()
+	mr.fs = crashfs.New()
 	mr.opts = testOptions(mr.fs)
 	mr.opts.SegmentBytesMax = []int64{4096, 8192, 16 << 10}[r.IntN(3)]
 	mr.opts.ReclaimActiveMinBytes = []int64{1, 2048, 1 << 20}[r.IntN(3)]

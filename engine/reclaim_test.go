@@ -10,6 +10,8 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/sluice-cdi/sluice/engine/crashfs"
 )
 
 // reclaimRec is rec(user, i) with a payload of about size bytes.
@@ -420,7 +422,7 @@ func TestReclaimWithoutConsumers(t *testing.T) {
 func TestReclaimActiveAndSeqContinue(t *testing.T) {
 	for _, crash := range []bool{false, true} {
 		t.Run(fmt.Sprintf("crash=%v", crash), func(t *testing.T) {
-			fs := vfs.NewCrashableMem()
+			fs := crashfs.New()
 			opts := testOptions(fs)
 			opts.ReclaimActiveMinBytes = 1024
 			e, err := Open(opts)

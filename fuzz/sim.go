@@ -12,6 +12,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/sluice-cdi/sluice/engine"
+	"github.com/sluice-cdi/sluice/engine/crashfs"
 	"github.com/sluice-cdi/sluice/router"
 )
 
@@ -73,7 +74,7 @@ type Sim struct {
 	frng  *rand.Rand // per-request outcomes and latencies
 	crng  *rand.Rand // what in-flight requests did at a crash
 	clock *vclock
-	fs    *vfs.MemFS
+	fs    crashfs.FS
 	eng   *engine.Engine
 	eopts engine.Options
 	dests []*dest
@@ -167,7 +168,7 @@ func newSim(k Knobs) *Sim {
 func (s *Sim) now() time.Time { return s.clock.Now() }
 
 func (s *Sim) run() {
-	s.fs = vfs.NewCrashableMem()
+	s.fs = crashfs.New()
 	if !s.openEngine() {
 		return
 	}

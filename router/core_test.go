@@ -16,6 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/sluice-cdi/sluice/engine"
+	"github.com/sluice-cdi/sluice/engine/crashfs"
 )
 
 // Scripted scenarios for core: the real engine on an in-memory FS, a fake
@@ -68,7 +69,7 @@ type flight struct {
 
 type harness struct {
 	t     *testing.T
-	fs    *vfs.MemFS
+	fs    crashfs.FS
 	eng   *engine.Engine
 	cons  *engine.Consumer
 	cfg   Config
@@ -129,7 +130,7 @@ func newHarness(t *testing.T, cfg Config) *harness {
 		t.Fatal(err)
 	}
 	h.cfg = full
-	h.fs = vfs.NewCrashableMem()
+	h.fs = crashfs.New()
 	h.eng = openEngine(t, h.fs)
 	t.Cleanup(func() { h.eng.Close() })
 	if h.cons, err = h.eng.Consumer(full.Name); err != nil {
