@@ -23,10 +23,21 @@ import (
 // events, and kills the binary with SIGKILL halfway. Every acknowledged
 // event must reach the sink or be a dead letter with a reason (exactly the
 // poison ones), and for every user the first arrivals are in order.
+//
+// In "named" the sink names the poison events of a batch and takes the rest
+// (the webhook's partial_failures); in "whole" it refuses such a batch.
 func TestE2EDeliveryWithFaults(t *testing.T) {
+	for _, named := range []bool{false, true} {
+		name := map[bool]string{false: "whole", true: "named"}[named]
+		t.Run(name, func(t *testing.T) { deliveryWithFaults(t, named) })
+	}
+}
+
+func deliveryWithFaults(t *testing.T, named bool) {
 	const users, perUser, poisonPercent = 16, 60, 1.0
 	sk := sink.New(sink.Config{
 		PoisonPercent: poisonPercent,
+		NamePoison:    named,
 		Faults: []sink.Fault{
 			{Kind: sink.Outage, From: 800 * time.Millisecond, To: 2 * time.Second},
 			{Kind: sink.Throttle, From: 3 * time.Second, To: 3500 * time.Millisecond, RetryAfter: time.Second},
@@ -49,7 +60,8 @@ func TestE2EDeliveryWithFaults(t *testing.T) {
       backoff_max: 1s
     config:
       url: http://%s/ingest
-`, ln.Addr())
+      partial_failures: %v
+`, ln.Addr(), named)
 	dataDir := t.TempDir()
 	srv := startServerWith(t, dataDir, dest)
 	sk.Reset()
