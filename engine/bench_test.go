@@ -331,7 +331,7 @@ func benchDedupSeen(b *testing.B, filterBytes int) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if i%group == 0 {
-			d.beginGroup()
+			d.undo()
 		}
 		r := &recs[i%group]
 		ceiling.PutMessageID(r.MessageID, uint64(prior+i))
@@ -341,7 +341,7 @@ func benchDedupSeen(b *testing.B, filterBytes int) {
 		}
 	}
 	b.StopTimer()
-	d.beginGroup() // drop the pending keys: none of these events exist
+	d.undo() // drop the pending keys: none of these events exist
 	if filterBytes > 0 && d.indexGets-gets < uint64(b.N) {
 		b.Fatalf("saturated filters sent only %d of %d lookups to the index", d.indexGets-gets, b.N)
 	}

@@ -68,6 +68,7 @@ type dedup struct {
 	// seq committedSeq; the rest to the group in progress, undone if it fails.
 	fresh        map[hash128]uint32
 	pending      []pendingKey
+	base         int // keys accepted before pending[0] (gone to the index)
 	committed    int
 	committedSeq uint64
 	lastFlush    time.Time
@@ -211,11 +212,8 @@ func (d *dedup) expire(now time.Time) error {
 	return nil
 }
 
-// beginGroup starts a group of records: it undoes the keys of a group that
-// did not commit (its records are not stored) and collects a finished
-// background batch.
-func (d *dedup) beginGroup() error {
-	d.undoGroup()
+// poll collects a finished background index batch, if any.
+func (d *dedup) poll() error {
 	if !d.inFlight {
 		return nil
 	}
@@ -227,12 +225,23 @@ func (d *dedup) beginGroup() error {
 	}
 }
 
-// undoGroup forgets the keys of a group that did not commit.
-func (d *dedup) undoGroup() {
-	for _, p := range d.pending[d.committed:] {
+// mark is the position after the keys accepted so far: commitThrough(mark)
+// commits them. Positions count every key ever accepted (pending starts at
+// base), so a mark taken before a batch leaves stays valid.
+func (d *dedup) mark() int { return d.base + len(d.pending) }
+
+// undo forgets the keys accepted since the last commitThrough: their
+// records were not stored.
+func (d *dedup) undo() { d.undoTo(d.base + d.committed) }
+
+// undoTo forgets the keys accepted after mark (at or past the committed
+// ones).
+func (d *dedup) undoTo(mark int) {
+	i := mark - d.base
+	for _, p := range d.pending[i:] {
 		delete(d.fresh, p.h)
 	}
-	d.pending = d.pending[:d.committed]
+	d.pending = d.pending[:i]
 }
 
 // seen reports whether r duplicates an event stored before or accepted
@@ -298,15 +307,16 @@ func (d *dedup) add(h hash128, seq uint64, gen uint32) {
 	d.pending = append(d.pending, pendingKey{gen: gen, h: h, seq: seq})
 }
 
-// endGroup marks the group's keys as belonging to stored records, up to
-// lastSeq, and starts a background batch when enough keys wait (or they
-// waited long enough) and none is being written. It returns the error of a
+// commitThrough marks the keys up to mark as belonging to stored records,
+// up to seq lastSeq, and starts a background batch when enough keys wait
+// (or they waited long enough) and none is being written. Keys past mark
+// (a group prepared meanwhile) stay uncommitted. It returns the error of a
 // background batch that failed; its keys are kept for the next one.
-func (d *dedup) endGroup(lastSeq uint64, now time.Time) error {
-	d.committed = len(d.pending)
+func (d *dedup) commitThrough(mark int, lastSeq uint64, now time.Time) error {
+	d.committed = mark - d.base
 	d.committedSeq = max(d.committedSeq, lastSeq)
 	if d.committed == 0 {
-		if !d.inFlight {
+		if !d.inFlight && len(d.pending) == 0 {
 			d.indexed.Store(d.committedSeq) // no key waits
 		}
 		return nil
@@ -336,11 +346,17 @@ func (d *dedup) startFlush(now time.Time) {
 		return cmp.Or(cmp.Compare(a.gen, b.gen), cmp.Compare(a.h.lo, b.h.lo), cmp.Compare(a.h.hi, b.h.hi))
 	})
 	d.flushSeq = d.committedSeq
-	// The group in progress has no keys (endGroup or sync just committed
-	// them): everything moves to flushing.
+	// The committed keys move to flushing; those of a group prepared since
+	// stay fresh (undo may yet forget them).
 	d.fresh, d.flushing = d.flushing, d.fresh
 	clear(d.fresh)
-	d.pending = d.pending[:0]
+	rest := d.pending[d.committed:]
+	for _, p := range rest {
+		d.fresh[p.h] = p.gen
+		delete(d.flushing, p.h)
+	}
+	d.pending = d.pending[:copy(d.pending, rest)]
+	d.base += d.committed
 	d.committed = 0
 	d.lastFlush = now
 	d.inFlight = true
@@ -405,12 +421,13 @@ func (d *dedup) flushed(err error) error {
 	}
 	clear(d.flushing)
 	d.committed += len(d.flushKeys)
+	d.base -= len(d.flushKeys)
 	d.pending = append(d.flushKeys, d.pending...)
 	d.flushKeys = nil
 	return fmt.Errorf("cannot commit dedup keys: %w", err)
 }
 
-// idle reports whether the committed keys waited too long for endGroup to
+// idle reports whether the committed keys waited too long for commitThrough to
 // write them (no appends since).
 func (d *dedup) idle(now time.Time) bool {
 	return !d.inFlight && now.Sub(d.lastFlush) >= d.flushMaxWait
@@ -424,7 +441,7 @@ func (d *dedup) sync(now time.Time) error {
 			return err
 		}
 	}
-	d.undoGroup() // sync runs between groups: any uncommitted key is stale
+	d.undo() // sync runs between groups: any uncommitted key is stale
 	if d.committed == 0 {
 		d.indexed.Store(d.committedSeq) // no key waits
 		return nil

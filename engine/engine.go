@@ -32,9 +32,14 @@ type Engine struct {
 	file    vfs.File // active segment file; nil after a failure until repaired
 	nextID  uint32
 	nextSeq uint64
-	broken  error // a write failed: the active segment must be sealed first
-	buf     []byte
+	broken  error     // a write failed: the active segment must be sealed first
+	bufs    [2][]byte // frames of the group being prepared and of the one in flight
 	dedup   *dedup
+	// inflight is the group the syncer is writing, if any; syncCh hands it
+	// over, syncDone brings it back.
+	inflight *syncJob
+	syncCh   chan *syncJob
+	syncDone chan *syncJob
 
 	// hwm is the last durable, readable seq. Readers never go past it.
 	hwm      atomic.Uint64
@@ -153,9 +158,12 @@ func (e *Engine) backlogEvents() int64 {
 }
 
 // commitLoop is the committer goroutine: it takes queued appends in groups
-// and commits each group with one write and one fsync.
+// and prepares each (dedup, sequence numbers, frames) while the syncer
+// writes and fsyncs the group before it: a two-stage pipeline, so that a
+// group's CPU work overlaps the previous group's disk wait.
 func (e *Engine) commitLoop() {
 	defer e.wg.Done()
+	defer close(e.syncCh)
 	for {
 		select {
 		case <-e.qSignal:
@@ -169,7 +177,31 @@ func (e *Engine) commitLoop() {
 	}
 }
 
-// commitQueued commits one group; it reports false when the queue was empty.
+// syncLoop is the syncer goroutine: it writes and fsyncs the groups the
+// committer hands it, one at a time, touching nothing else.
+func (e *Engine) syncLoop() {
+	defer e.wg.Done()
+	for j := range e.syncCh {
+		j.err = e.writeSync(j)
+		e.syncDone <- j
+	}
+}
+
+// syncJob is a prepared group on its way to disk.
+type syncJob struct {
+	group       []*appendReq
+	buf         []byte
+	file        vfs.File
+	seg         *segment
+	first, last uint64 // its records' seqs
+	mark        int    // the dedup keys up to here are this group's and earlier
+	bufIdx      int    // which of Engine.bufs buf is
+	now         time.Time
+	err         error
+}
+
+// commitQueued prepares one group and completes the one before it; it
+// reports false when there was nothing to do.
 func (e *Engine) commitQueued() bool {
 	e.qMu.Lock()
 	n, size := 0, 0
@@ -181,44 +213,67 @@ func (e *Engine) commitQueued() bool {
 	copy(group, e.queue[:n])
 	e.queue = append(e.queue[:0], e.queue[n:]...)
 	e.qMu.Unlock()
+	e.writeMu.Lock()
+	defer e.writeMu.Unlock()
 	if n == 0 {
-		return false
+		if e.inflight == nil {
+			return false
+		}
+		e.drainLocked()
+		return true
 	}
-	e.commitGroup(group)
-	for _, r := range group {
-		r.done <- struct{}{}
+	job := e.prepareLocked(group)
+	// The group in flight completes first: this one's sequence numbers
+	// and duplicates were decided assuming it is stored.
+	if !e.drainLocked() && job != nil {
+		job.fail(fmt.Errorf("cannot append: %w: %w", ErrUnavailable, e.broken))
+		return true
+	}
+	switch {
+	case job == nil: // failed in preparation; answered
+	case job.last < job.first: // nothing new: every record a duplicate
+		e.dedup.commitThrough(job.mark, 0, job.now)
+		job.answer()
+	default:
+		e.inflight = job
+		e.syncCh <- job
 	}
 	return true
 }
 
-func (e *Engine) commitGroup(group []*appendReq) {
-	e.writeMu.Lock()
-	defer e.writeMu.Unlock()
-	fail := func(err error) {
-		for _, r := range group {
-			r.err, r.res = err, AppendResult{}
-		}
-	}
+// prepareLocked assigns the group's records sequence numbers after those
+// of the group in flight, decides duplicates and frames the rest into a
+// buffer. It returns nil when the group failed (and was answered).
+func (e *Engine) prepareLocked(group []*appendReq) *syncJob {
+	j := &syncJob{group: group}
 	if err := e.readyLocked(); err != nil {
-		fail(err)
-		return
+		j.fail(err)
+		return nil
 	}
-	now := e.opts.Now()
-	if err := e.dedup.expire(now); err != nil {
+	j.now = e.opts.Now()
+	if err := e.dedup.expire(j.now); err != nil {
 		e.log.Warn("cannot expire dedup generations", "err", err)
 	}
-	if err := e.dedup.beginGroup(); err != nil {
+	if err := e.dedup.poll(); err != nil {
 		e.log.Warn("dedup index write failed; its keys stay in memory and are written again", "err", err)
 	}
-	e.buf = e.buf[:0]
 	seq := e.nextSeq
+	if e.inflight != nil {
+		seq = e.inflight.last + 1
+		j.bufIdx = 1 - e.inflight.bufIdx
+	}
+	buf := &e.bufs[j.bufIdx]
+	*buf = (*buf)[:0]
+	j.first = seq
+	start := e.dedup.mark()
 	for _, req := range group {
 		for i := range req.recs {
 			r := &req.recs[i]
-			dup, err := e.dedup.seen(r, seq, now)
+			dup, err := e.dedup.seen(r, seq, j.now)
 			if err != nil {
-				fail(fmt.Errorf("cannot append: %w: %w", ErrUnavailable, err))
-				return
+				e.dedup.undoTo(start)
+				j.fail(fmt.Errorf("cannot append: %w: %w", ErrUnavailable, err))
+				return nil
 			}
 			if dup {
 				r.Seq = 0
@@ -226,52 +281,78 @@ func (e *Engine) commitGroup(group []*appendReq) {
 				continue
 			}
 			r.Seq = seq
-			e.buf = appendFrame(e.buf, seq, r)
+			*buf = appendFrame(*buf, seq, r)
 			req.res.Stored++
 			req.res.LastSeq = seq
 			seq++
 		}
 	}
-	if len(e.buf) == 0 {
-		return
-	}
-	if err := e.writeLocked(seq-1, now); err != nil {
-		fail(err)
-		return
-	}
-	e.stats.groups.Add(1)
-	e.stats.groupRecords.Add(seq - e.nextSeq)
-	e.nextSeq = seq
-	// Order matters: a reader bounded by the segment's size must never find
-	// a frame past the high-water mark.
-	e.active.lastSeq.Store(seq - 1)
-	e.hwm.Store(seq - 1)
-	e.active.size.Add(int64(len(e.buf)))
-	e.notify()
+	j.last, j.buf, j.mark = seq-1, *buf, e.dedup.mark()
+	j.file, j.seg = e.file, e.active
+	return j
 }
 
-// writeLocked writes e.buf to the active segment, syncs it and commits the
-// group's dedup keys (to memory; the index follows behind). On any failure the engine is marked broken: the bytes
-// written are never counted and the segment is sealed before them.
-func (e *Engine) writeLocked(lastSeq uint64, now time.Time) error {
-	if _, err := e.file.Write(e.buf); err != nil {
-		return e.breakLocked(fmt.Errorf("cannot write segment %d: %w", e.active.id, err))
+// drainLocked completes the group in flight, if any: it waits for the
+// syncer and publishes the group, or marks the engine broken and fails it
+// (undoing its dedup keys, and those of any group prepared after it). It
+// reports whether the group, if there was one, was stored.
+func (e *Engine) drainLocked() bool {
+	if e.inflight == nil {
+		return true
+	}
+	j := <-e.syncDone
+	e.inflight = nil
+	if j.err != nil {
+		err := e.breakLocked(j.err)
+		e.dedup.undo()
+		j.fail(err)
+		return false
+	}
+	if err := e.dedup.commitThrough(j.mark, j.last, j.now); err != nil {
+		e.log.Warn("dedup index write failed; its keys stay in memory and are written again", "err", err)
+	}
+	e.stats.groups.Add(1)
+	e.stats.groupRecords.Add(j.last + 1 - j.first)
+	e.stats.bytesWritten.Add(uint64(len(j.buf)))
+	e.diskUsage.Add(int64(len(j.buf)))
+	e.nextSeq = j.last + 1
+	// Order matters: a reader bounded by the segment's size must never find
+	// a frame past the high-water mark.
+	j.seg.lastSeq.Store(j.last)
+	e.hwm.Store(j.last)
+	j.seg.size.Add(int64(len(j.buf)))
+	e.notify()
+	j.answer()
+	return true
+}
+
+// writeSync writes a group to its segment and syncs it (the syncer).
+func (e *Engine) writeSync(j *syncJob) error {
+	if _, err := j.file.Write(j.buf); err != nil {
+		return fmt.Errorf("cannot write segment %d: %w", j.seg.id, err)
 	}
 	if !e.opts.NoSyncData {
-		if err := e.file.SyncData(); err != nil {
-			return e.breakLocked(fmt.Errorf("cannot sync segment %d: %w", e.active.id, err))
+		if err := j.file.SyncData(); err != nil {
+			return fmt.Errorf("cannot sync segment %d: %w", j.seg.id, err)
 		}
 		e.stats.fsyncs.Add(1)
 	}
-	// The group's records are durable: from here it commits. A failed
-	// background index batch does not fail it (its keys stay in memory and
-	// go out again; the checkpoint and Reclaim wait for them).
-	if err := e.dedup.endGroup(lastSeq, now); err != nil {
-		e.log.Warn("dedup index write failed; its keys stay in memory and are written again", "err", err)
-	}
-	e.stats.bytesWritten.Add(uint64(len(e.buf)))
-	e.diskUsage.Add(int64(len(e.buf)))
 	return nil
+}
+
+// fail answers the group's appends with err: nothing of them is stored.
+func (j *syncJob) fail(err error) {
+	for _, r := range j.group {
+		r.err, r.res = err, AppendResult{}
+	}
+	j.answer()
+}
+
+// answer wakes the group's appends.
+func (j *syncJob) answer() {
+	for _, r := range j.group {
+		r.done <- struct{}{}
+	}
 }
 
 func (e *Engine) breakLocked(err error) error {
@@ -284,21 +365,22 @@ func (e *Engine) breakLocked(err error) error {
 // readyLocked makes sure there is a healthy active segment with room: it
 // seals a broken or full one and starts a new one.
 func (e *Engine) readyLocked() error {
-	if e.broken != nil || e.file == nil || e.active.sealed.Load() {
-		if err := e.rotateLocked(); err != nil {
-			return e.breakLocked(err)
+	if e.broken == nil && e.file != nil && !e.active.sealed.Load() {
+		size, recs := e.active.size.Load(), int64(e.active.records())
+		if j := e.inflight; j != nil {
+			size, recs = size+int64(len(j.buf)), recs+int64(j.last+1-j.first)
 		}
-		if e.broken != nil {
-			e.log.Info("storage recovered; appends resume", "segment", e.active.id)
-			e.broken = nil
+		if size < e.opts.SegmentBytesMax && recs < e.opts.SegmentRecordsMax {
+			return nil
 		}
-		return nil
 	}
-	if e.active.size.Load() >= e.opts.SegmentBytesMax || int64(e.active.records()) >= e.opts.SegmentRecordsMax {
-		if err := e.rotateLocked(); err != nil {
-			// Unhealthy like a failed write: the next append retries.
-			return e.breakLocked(err)
-		}
+	if err := e.rotateLocked(); err != nil {
+		// Unhealthy like a failed write: the next append retries.
+		return e.breakLocked(err)
+	}
+	if e.broken != nil {
+		e.log.Info("storage recovered; appends resume", "segment", e.active.id)
+		e.broken = nil
 	}
 	return nil
 }
@@ -307,6 +389,7 @@ func (e *Engine) readyLocked() error {
 // new one. The new file exists (synced) before the manifest names it; the
 // manifest batch that seals the old one and adds the new one is synced.
 func (e *Engine) rotateLocked() error {
+	e.drainLocked() // the group in flight goes to the old segment, or fails
 	old := e.active
 	if e.file != nil {
 		if err := e.file.Close(); err != nil {

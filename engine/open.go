@@ -59,6 +59,8 @@ func Open(opts Options) (*Engine, error) {
 		logDir:    logDir,
 		notifyCh:  make(chan struct{}),
 		qSignal:   make(chan struct{}, 1),
+		syncCh:    make(chan *syncJob),
+		syncDone:  make(chan *syncJob, 1),
 		consumers: make(map[string]*Consumer),
 		closing:   make(chan struct{}),
 		nextID:    1,
@@ -69,8 +71,9 @@ func Open(opts Options) (*Engine, error) {
 		db.Close()
 		return nil, err
 	}
-	e.wg.Add(2)
+	e.wg.Add(3)
 	go e.commitLoop()
+	go e.syncLoop()
 	go e.reclaimLoop()
 	return e, nil
 }
@@ -339,7 +342,7 @@ func (e *Engine) recoverDedup() error {
 	defer r.Close()
 	var recs []Record
 	for {
-		if err := e.dedup.beginGroup(); err != nil {
+		if err := e.dedup.poll(); err != nil {
 			return err
 		}
 		recs, err = r.Next(recs[:0], 4096)
@@ -352,7 +355,7 @@ func (e *Engine) recoverDedup() error {
 		for i := range recs {
 			e.dedup.replay(&recs[i], now)
 		}
-		if err := e.dedup.endGroup(recs[len(recs)-1].Seq, now); err != nil {
+		if err := e.dedup.commitThrough(e.dedup.mark(), recs[len(recs)-1].Seq, now); err != nil {
 			return err
 		}
 	}

@@ -75,6 +75,7 @@ func (e *Engine) indexedThrough(seq uint64, force bool) (bool, error) {
 	if !force && !e.dedup.idle(now) {
 		return false, nil
 	}
+	e.drainLocked() // its keys are committed, or undone
 	if err := e.dedup.sync(now); err != nil {
 		return false, fmt.Errorf("cannot reclaim: %w", err)
 	}
