@@ -72,6 +72,7 @@ type dedup struct {
 	committed    int
 	committedSeq uint64
 	lastFlush    time.Time
+	retryAt      time.Time // after a failed batch, no new one before this
 
 	// The batch being written in the background, if any: its keys (by hash
 	// and sorted), the seq it moves the checkpoint to, and where its result
@@ -324,7 +325,7 @@ func (d *dedup) commitThrough(mark int, lastSeq uint64, now time.Time) error {
 	if d.lastFlush.IsZero() {
 		d.lastFlush = now
 	}
-	if d.committed < d.flushEvery && now.Sub(d.lastFlush) < d.flushMaxWait {
+	if d.committed < d.flushEvery && now.Sub(d.lastFlush) < d.flushMaxWait || now.Before(d.retryAt) {
 		return nil
 	}
 	if d.inFlight {
@@ -417,14 +418,28 @@ func (d *dedup) flushed(err error) error {
 		return nil
 	}
 	for h, gen := range d.flushing {
-		d.fresh[h] = gen
+		// A key accepted again meanwhile (its generation expired while
+		// it was being written) keeps its newer generation.
+		if g, ok := d.fresh[h]; !ok || g < gen {
+			d.fresh[h] = gen
+		}
 	}
 	clear(d.flushing)
+	d.retryAt = d.lastFlush.Add(d.flushMaxWait) // not at every group: once a wait
 	d.committed += len(d.flushKeys)
 	d.base -= len(d.flushKeys)
 	d.pending = append(d.flushKeys, d.pending...)
 	d.flushKeys = nil
 	return fmt.Errorf("cannot commit dedup keys: %w", err)
+}
+
+// wait waits for the background batch in flight, if any, and takes its
+// result.
+func (d *dedup) wait() error {
+	if !d.inFlight {
+		return nil
+	}
+	return d.flushed(<-d.flushDone)
 }
 
 // idle reports whether the committed keys waited too long for commitThrough to

@@ -113,6 +113,11 @@ func (e *Engine) Append(ctx context.Context, recs []Record) (AppendResult, error
 	req := reqPool.Get().(*appendReq)
 	req.recs, req.bytes, req.res, req.err = recs, size, AppendResult{}, nil
 	e.qMu.Lock()
+	if e.closed.Load() { // checked again under the lock Close sets it with
+		e.qMu.Unlock()
+		reqPool.Put(req)
+		return AppendResult{}, fmt.Errorf("cannot append: %w", ErrClosed)
+	}
 	e.queue = append(e.queue, req)
 	e.qMu.Unlock()
 	select {
@@ -378,10 +383,6 @@ func (e *Engine) readyLocked() error {
 		// Unhealthy like a failed write: the next append retries.
 		return e.breakLocked(err)
 	}
-	if e.broken != nil {
-		e.log.Info("storage recovered; appends resume", "segment", e.active.id)
-		e.broken = nil
-	}
 	return nil
 }
 
@@ -418,6 +419,10 @@ func (e *Engine) rotateLocked() error {
 	}
 	e.nextID++
 	e.file, e.active = f, seg
+	if e.broken != nil { // the broken segment is sealed at its durable size
+		e.log.Info("storage recovered; appends resume", "segment", id)
+		e.broken = nil
+	}
 	e.segMu.Lock()
 	e.segments = append(e.segments, seg)
 	e.segMu.Unlock()
@@ -466,7 +471,11 @@ func (e *Engine) WaitFor(ctx context.Context, seq uint64) error {
 func (e *Engine) Close() error {
 	var err error
 	e.closeOnce.Do(func() {
+		// Under qMu: an Append either queued before (the committer's last
+		// round takes it) or sees closed.
+		e.qMu.Lock()
 		e.closed.Store(true)
+		e.qMu.Unlock()
 		close(e.closing)
 		e.wg.Wait()
 		e.writeMu.Lock()

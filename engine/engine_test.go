@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -356,5 +357,106 @@ func TestReclaimKeepsDedupKeys(t *testing.T) {
 	res, err := e2.Append(context.Background(), slices.Clone(ids))
 	if err != nil || res.Stored != 0 || res.Duplicates != len(ids) {
 		t.Fatalf("re-append after reclaim and crash: %+v %v (events of deleted segments forgotten)", res, err)
+	}
+}
+
+// Concurrent appenders keep the committer's pipeline full (a group prepared
+// while the one before it syncs) while small index batches come and go: an
+// acknowledged event is a duplicate ever after, a new one never is.
+func TestDedupConcurrentAppenders(t *testing.T) {
+	fs := vfs.NewMem()
+	o := testOptions(fs)
+	o.DedupIndexBatchKeys = 5
+	e, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const appenders, batches = 8, 60
+	var wg sync.WaitGroup
+	errc := make(chan error, appenders)
+	for a := range appenders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			user := fmt.Sprintf("a%d", a)
+			for i := range batches {
+				recs := []Record{rec(user, 2*i), rec(user, 2*i+1)}
+				if res, err := e.Append(context.Background(), recs); err != nil || res.Stored != 2 {
+					errc <- fmt.Errorf("%s batch %d: %+v %v", user, i, res, err)
+					return
+				}
+				j := i / 2 // an earlier batch again: duplicates
+				if res, err := e.Append(context.Background(), []Record{rec(user, 2*j), rec(user, 2*j+1)}); err != nil || res.Duplicates != 2 {
+					errc <- fmt.Errorf("%s re-append of batch %d after %d: %+v %v", user, j, i, res, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	all := func() []Record {
+		var recs []Record
+		for a := range appenders {
+			for i := range 2 * batches {
+				recs = append(recs, rec(fmt.Sprintf("a%d", a), i))
+			}
+		}
+		return recs
+	}
+	if res, err := e.Append(context.Background(), all()); err != nil || res.Duplicates != appenders*2*batches {
+		t.Fatalf("re-append of everything: %+v %v", res, err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e, err = Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if res, err := e.Append(context.Background(), all()); err != nil || res.Duplicates != appenders*2*batches {
+		t.Fatalf("re-append of everything after reopen: %+v %v", res, err)
+	}
+}
+
+// The periodic reclaim of an engine whose appends stopped while an index
+// batch was being written collects that batch, writes what is left, and
+// frees the segments.
+func TestReclaimAfterAppendsStop(t *testing.T) {
+	o := testOptions(vfs.NewMem())
+	o.SegmentBytesMax = 4096
+	o.ReclaimActiveMinBytes = 1
+	o.DedupIndexBatchKeys = 7
+	now := time.Now()
+	var mu sync.Mutex
+	o.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	e, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	for i := 0; i < 300; i += 10 {
+		var recs []Record
+		for j := i; j < i+10; j++ {
+			recs = append(recs, rec("u", j))
+		}
+		if _, err := e.Append(context.Background(), recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	now = now.Add(5 * time.Second)
+	mu.Unlock()
+	time.Sleep(50 * time.Millisecond) // the last batch's table is in
+	n, err := e.reclaim(false)
+	if err != nil || n == 0 {
+		t.Fatalf("periodic reclaim deleted %d segments: %v", n, err)
+	}
+	if got := e.dedup.indexed.Load(); got != e.LastSeq() {
+		t.Fatalf("indexed through %d, log ends at %d", got, e.LastSeq())
 	}
 }

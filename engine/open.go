@@ -68,6 +68,7 @@ func Open(opts Options) (*Engine, error) {
 	}
 	e.dedup = newDedup(db, &o, stageDir, popts.MakeWriterOptions(0, db.TableFormat()))
 	if err := e.recover(); err != nil {
+		e.dedup.wait() // replay may have started a background batch
 		db.Close()
 		return nil, err
 	}

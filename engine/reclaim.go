@@ -72,6 +72,9 @@ func (e *Engine) indexedThrough(seq uint64, force bool) (bool, error) {
 	e.writeMu.Lock()
 	defer e.writeMu.Unlock()
 	now := e.opts.Now()
+	if err := e.dedup.poll(); err != nil { // a batch that finished since the last append
+		e.log.Warn("dedup index write failed; its keys stay in memory and are written again", "err", err)
+	}
 	if !force && !e.dedup.idle(now) {
 		return false, nil
 	}
