@@ -91,9 +91,6 @@ type dedup struct {
 	lookups, hits, indexGets, flushes uint64
 }
 
-// dedupFlushWait is how long accepted keys wait for a full index batch.
-const dedupFlushWait = time.Second
-
 func newDedup(db *pebble.DB, o *Options, stageDir string, wopts sstable.WriterOptions) *dedup {
 	d := &dedup{
 		db:       db,
@@ -109,7 +106,7 @@ func newDedup(db *pebble.DB, o *Options, stageDir string, wopts sstable.WriterOp
 		flushing:     make(map[hash128]uint32),
 		flushDone:    make(chan error, 1),
 		flushEvery:   o.DedupIndexBatchKeys,
-		flushMaxWait: dedupFlushWait,
+		flushMaxWait: o.DedupIndexInterval,
 	}
 	if d.enabled {
 		d.genDur = max(o.DedupWindow/time.Duration(o.DedupGenerations), time.Millisecond)

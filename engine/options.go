@@ -55,9 +55,13 @@ type Options struct {
 	// Default 64 MiB.
 	DedupFilterBytes int
 	// DedupIndexBatchKeys: accepted dedup keys wait in memory and go to the
-	// index in sorted batches of this many, or once the oldest waited a
-	// second. Default 262144.
+	// index in sorted batches of this many, or once the oldest waited
+	// DedupIndexInterval. Defaults 262144 and 1s. (The batches are written
+	// in the background; a deterministic simulation sets both very large,
+	// and the keys then reach the index only when Reclaim or Close needs
+	// them.)
 	DedupIndexBatchKeys int
+	DedupIndexInterval  time.Duration
 
 	// ReclaimInterval is how often sealed, fully consumed segments are
 	// deleted. Default 1s. Negative: only when Reclaim is called.
@@ -115,6 +119,7 @@ func (o Options) withDefaults() (Options, error) {
 	setDefault(&o.DedupGenerations, defaultDedupGenerations)
 	setDefault(&o.DedupFilterBytes, defaultDedupFilterBytes)
 	setDefault(&o.DedupIndexBatchKeys, defaultDedupIndexBatchKeys)
+	setDefault(&o.DedupIndexInterval, time.Second)
 	setDefault(&o.ReclaimInterval, defaultReclaimInterval)
 	setDefault(&o.ReclaimActiveMinBytes, defaultReclaimActiveMinBytes)
 	setDefault(&o.IndexCacheBytes, defaultIndexCacheBytes)
@@ -136,8 +141,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("options: DedupGenerations %d out of range [1, 64]", o.DedupGenerations)
 	case o.DedupFilterBytes < 1024:
 		return o, fmt.Errorf("options: DedupFilterBytes %d below 1024", o.DedupFilterBytes)
-	case o.DedupIndexBatchKeys < 1:
-		return o, fmt.Errorf("options: DedupIndexBatchKeys %d must be positive", o.DedupIndexBatchKeys)
+	case o.DedupIndexBatchKeys < 1 || o.DedupIndexInterval < 0:
+		return o, fmt.Errorf("options: DedupIndexBatchKeys %d and DedupIndexInterval %v must be positive", o.DedupIndexBatchKeys, o.DedupIndexInterval)
 	case o.DiskBudgetBytes < 0 || o.BacklogEventsMax < 0:
 		return o, fmt.Errorf("options: DiskBudgetBytes and BacklogEventsMax must not be negative")
 	}

@@ -157,6 +157,10 @@ func newSim(k Knobs) *Sim {
 	s.eopts = engine.Options{
 		Dir: "/sluice", Now: s.clock.Now, ReclaimInterval: -1, SegmentBytesMax: seg, Logger: discard,
 		DedupFilterBytes: 1 << 16, IndexCacheBytes: 1 << 20, DedupWindow: window,
+		// No background index batches: when one finished would decide what
+		// a crash keeps (its ingestion syncs the index), and runs must
+		// repeat exactly. Reclaim and Close write the keys synchronously.
+		DedupIndexBatchKeys: 1 << 30, DedupIndexInterval: 1 << 62,
 	}
 	if k.Mode&ModePoison != 0 {
 		s.poisonRate = 0.005 + er.Float64()*0.06
