@@ -237,7 +237,7 @@ func (e *Engine) commitQueued() bool {
 	switch {
 	case job == nil: // failed in preparation; answered
 	case job.last < job.first: // nothing new: every record a duplicate
-		e.dedup.commitThrough(job.mark, 0, job.now)
+		e.warnIndex(e.dedup.commitThrough(job.mark, 0, job.now))
 		job.answer()
 	default:
 		e.inflight = job
@@ -259,9 +259,7 @@ func (e *Engine) prepareLocked(group []*appendReq) *syncJob {
 	if err := e.dedup.expire(j.now); err != nil {
 		e.log.Warn("cannot expire dedup generations", "err", err)
 	}
-	if err := e.dedup.poll(); err != nil {
-		e.log.Warn("dedup index write failed; its keys stay in memory and are written again", "err", err)
-	}
+	e.warnIndex(e.dedup.poll())
 	seq := e.nextSeq
 	if e.inflight != nil {
 		seq = e.inflight.last + 1
@@ -313,9 +311,7 @@ func (e *Engine) drainLocked() bool {
 		j.fail(err)
 		return false
 	}
-	if err := e.dedup.commitThrough(j.mark, j.last, j.now); err != nil {
-		e.log.Warn("dedup index write failed; its keys stay in memory and are written again", "err", err)
-	}
+	e.warnIndex(e.dedup.commitThrough(j.mark, j.last, j.now))
 	e.stats.groups.Add(1)
 	e.stats.groupRecords.Add(j.last + 1 - j.first)
 	e.stats.bytesWritten.Add(uint64(len(j.buf)))
@@ -343,6 +339,14 @@ func (e *Engine) writeSync(j *syncJob) error {
 		e.stats.fsyncs.Add(1)
 	}
 	return nil
+}
+
+// warnIndex logs a failed background dedup index batch: its keys stay in
+// memory and go out again (the checkpoint and Reclaim wait for them).
+func (e *Engine) warnIndex(err error) {
+	if err != nil {
+		e.log.Warn("dedup index write failed; its keys stay in memory and are written again", "err", err)
+	}
 }
 
 // fail answers the group's appends with err: nothing of them is stored.

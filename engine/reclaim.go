@@ -72,9 +72,7 @@ func (e *Engine) indexedThrough(seq uint64, force bool) (bool, error) {
 	e.writeMu.Lock()
 	defer e.writeMu.Unlock()
 	now := e.opts.Now()
-	if err := e.dedup.poll(); err != nil { // a batch that finished since the last append
-		e.log.Warn("dedup index write failed; its keys stay in memory and are written again", "err", err)
-	}
+	e.warnIndex(e.dedup.poll()) // a batch that finished since the last append
 	if !force && !e.dedup.idle(now) {
 		return false, nil
 	}
