@@ -447,67 +447,107 @@ func (c *core) complete(b *batch, now time.Time) {
 	c.inFlight--
 	res := b.res
 	out := c.pol.classify(res)
-	c.aimd.observe(b.start, now, c.inFlight+1, out == outThrottled || out == outRetryable)
+	var named []outcome // per item, for a partial answer (see completePartial)
 	if len(res.Rejected) > 0 && (out == outSuccess || out == outAbort) {
-		c.completePartial(b, now)
+		named = c.namedOutcomes(b)
+	}
+	bad := out == outThrottled || out == outRetryable
+	for _, o := range named {
+		bad = bad || o == outThrottled || o == outRetryable
+	}
+	c.aimd.observe(b.start, now, c.inFlight+1, bad)
+	if named != nil {
+		c.completePartial(b, named, now)
 		return
 	}
 	c.apply(b, out, now)
 }
 
-// completePartial applies an answer that took some events of the batch and
-// refused others by name: each refused event gets its own status's outcome,
-// as if it had gone alone to a destination that is up, and the rest are
-// delivered. The refused go first, so that a failed one's barrier is up
-// before its key is released, and in batch order: once one of a key fails
-// or is throttled, its later refused events go back behind it unchanged,
-// not retried on their own. (A destination that takes an event after
-// failing an earlier one of the same user has broken that user's order
-// itself; the failed one is retried.)
-func (c *core) completePartial(b *batch, now time.Time) {
-	res := b.res
-	named := make([]int, len(b.items)) // 1 + index into res.Rejected; 0: taken
-	for i, r := range res.Rejected {
-		if r.Index >= 0 && r.Index < len(b.items) && named[r.Index] == 0 {
-			named[r.Index] = i + 1
+// namedOutcomes reads a partial answer: per item of the batch, the outcome
+// of its own status if the answer names it, outSuccess (taken) if not. It
+// returns nil when the answer names none of the batch's events (an index
+// out of range names nothing): then its status stands for the whole batch.
+func (c *core) namedOutcomes(b *batch) []outcome {
+	outs := make([]outcome, len(b.items))
+	seen := make([]bool, len(b.items))
+	any := false
+	for _, r := range b.res.Rejected {
+		if r.Index < 0 || r.Index >= len(b.items) || seen[r.Index] {
+			continue
 		}
+		seen[r.Index], any = true, true
+		outs[r.Index] = c.pol.classify(Result{Status: r.Status})
+	}
+	if !any {
+		return nil
+	}
+	return outs
+}
+
+// completePartial applies an answer that took some events of the batch and
+// refused others by name (outs, from namedOutcomes): each named event gets
+// its own status's outcome, as if it had gone alone, and the rest are
+// delivered. The request counts once in the destination's health: as a
+// failure when named retryable failures are at least as many as the events
+// taken (then, if the destination looks down, they go back uncharged, as in
+// an outage), else as an answer. The named go first, so that a failed one's
+// barrier is up before its key is released, and in batch order: once one
+// of a key fails or is throttled, its later named events go back behind it
+// unchanged. (A destination that takes an event after failing an earlier
+// one of the same user has broken that user's order itself; the failed one
+// is retried.)
+func (c *core) completePartial(b *batch, outs []outcome, now time.Time) {
+	res := b.res
+	reasons := make([]Result, len(b.items))
+	for _, r := range res.Rejected {
+		if r.Index >= 0 && r.Index < len(b.items) && reasons[r.Index].Status == 0 {
+			reasons[r.Index] = Result{Status: r.Status, Body: r.Reason}
+		}
+	}
+	taken, failing, throttled := 0, 0, false
+	for _, o := range outs {
+		switch o {
+		case outSuccess:
+			taken++
+		case outRetryable:
+			failing++
+		case outThrottled:
+			throttled = true
+		}
+	}
+	key := b.items[0].key
+	down := false
+	if failing > 0 && failing >= taken {
+		down = !c.requestFailed(key, b.start, Result{Status: 503, Err: errors.New("most events named as failed")}, now)
+	} else {
+		c.health.success(key, b.start, taken > 0) // it answered: it is up
+	}
+	if throttled {
+		c.stats.Throttled++
+		c.throttledUntil = maxTime(c.throttledUntil, now.Add(max(res.RetryAfter, c.pol.BackoffInitial)))
 	}
 	var took, back []*item
-	for i, it := range b.items {
-		if named[i] == 0 {
-			took = append(took, it)
-		}
-	}
-	c.health.success(b.items[0].key, b.start, len(took) > 0) // it answered: it is up
 	stopped := map[string]bool{}
 	for i, it := range b.items {
-		if named[i] == 0 {
-			continue
-		}
-		r := res.Rejected[named[i]-1]
-		one := &batch{items: []*item{it}, entry: b.entry, start: b.start, res: Result{Status: r.Status, Body: r.Reason}}
-		c.stats.Rejected++
-		out := c.pol.classify(one.res)
-		if stopped[it.key] && (out == outRetryable || out == outThrottled) {
-			back = append(back, it)
-			continue
-		}
-		switch out {
-		case outSuccess:
+		o := outs[i]
+		if o == outSuccess {
 			took = append(took, it)
-		case outAbort:
-			c.refuse(it, one.res, now)
-			c.release(one)
-		case outThrottled:
-			c.stats.Throttled++
-			c.throttledUntil = now.Add(c.pol.BackoffInitial)
+			continue
+		}
+		c.stats.Rejected++
+		if o == outThrottled || o == outRetryable && (down || stopped[it.key]) {
 			back = append(back, it)
 			stopped[it.key] = c.cfg.Ordering
-		case outRetryable:
-			c.fail(it, one.res, now)
-			c.release(one)
+			continue
+		}
+		one := &batch{items: []*item{it}, entry: b.entry, start: b.start, res: reasons[i]}
+		if o == outAbort {
+			c.refuse(it, one.res, now)
+		} else {
+			c.fail(it, one.res, now) // the destination is up: a message failure
 			stopped[it.key] = c.cfg.Ordering
 		}
+		c.release(one)
 	}
 	if len(back) > 0 {
 		c.requeue(&batch{items: back, entry: b.entry, start: b.start}, false, now)
@@ -516,6 +556,21 @@ func (c *core) completePartial(b *batch, now time.Time) {
 		c.stats.Delivered += uint64(len(took))
 		c.settle(&batch{items: took, entry: b.entry, start: b.start, res: res}, now)
 	}
+}
+
+// requestFailed records a request that failed (retryably) in the
+// destination's health and reports whether the failure is charged to its
+// events; if not, the destination looks down (the breaker is open).
+func (c *core) requestFailed(key string, start time.Time, res Result, now time.Time) (charged bool) {
+	if c.health.failure(key, start, now, c.cfg.Rand) {
+		return true
+	}
+	c.stats.OutageAttempts++
+	if c.health.state == BackingOff && c.health.failures == 1 {
+		c.stats.BreakerOpened++
+		c.logger.Warn("destination looks down; backing off", "destination", c.cfg.Name, "status", res.Status, "err", res.Err, "until", c.health.until)
+	}
+	return false
 }
 
 // refuse aborts an event the destination refused (a non-retryable answer
@@ -551,12 +606,7 @@ func (c *core) apply(b *batch, out outcome, now time.Time) {
 		c.refuse(b.items[0], res, now)
 		c.release(b)
 	case outRetryable:
-		if !c.health.failure(key, b.start, now, c.cfg.Rand) {
-			c.stats.OutageAttempts++
-			if c.health.state == BackingOff && c.health.failures == 1 {
-				c.stats.BreakerOpened++
-				c.logger.Warn("destination looks down; backing off", "destination", c.cfg.Name, "status", res.Status, "err", res.Err, "until", c.health.until)
-			}
+		if !c.requestFailed(key, b.start, res, now) {
 			c.requeue(b, false, now)
 			return
 		}

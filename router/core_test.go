@@ -332,11 +332,15 @@ func (h *harness) dispatch(b *batch, now time.Time) {
 	s.res = h.respond(h, b)
 	b.res = s.res
 	out := h.c.pol.classify(s.res)
-	if out == outSuccess || out == outAbort && len(s.res.Rejected) > 0 {
-		refused := map[int]bool{}
+	refused := map[int]bool{} // a partial answer's names (of events in the batch)
+	if out == outSuccess || out == outAbort {
 		for _, r := range s.res.Rejected {
-			refused[r.Index] = true
+			if r.Index >= 0 && r.Index < len(b.items) {
+				refused[r.Index] = true
+			}
 		}
+	}
+	if out == outSuccess || out == outAbort && len(refused) > 0 {
 		for i, it := range b.items {
 			if refused[i] {
 				continue
@@ -1372,6 +1376,63 @@ func TestCorePartialRejection(t *testing.T) {
 		t.Errorf("rejected counter %d, want 3", got)
 	}
 	h.check(true) // C's later events waited for the retried one
+}
+
+// Partial answers and the destination's health: named retryable failures
+// that outnumber the events taken count as the request failing, so an
+// outage answered "200, but these 503" opens the breaker and charges
+// nothing; an answer whose names fit no event of the batch is a whole-batch
+// answer (a refusal is bisected, not taken as delivered).
+func TestCorePartialHealth(t *testing.T) {
+	t.Run("outage-by-name", func(t *testing.T) {
+		h := newHarness(t, Config{Ordering: true, BatchSize: 5})
+		for i := 0; i < 200; i++ {
+			h.add(fmt.Sprintf("k%d", i%40))
+		}
+		end := h.now().Add(10 * time.Minute)
+		h.respond = func(h *harness, b *batch) Result {
+			if !h.now().Before(end) {
+				return ok(h, b)
+			}
+			var rej []Rejection
+			for i, it := range b.items {
+				if (it.seq*7+uint64(h.tries[it.seq]))%4 != 0 {
+					rej = append(rej, Rejection{Index: i, Status: 503})
+				}
+			}
+			return Result{Status: 200, Rejected: rej}
+		}
+		h.settle()
+		if ab := h.aborted(); len(ab) != 0 {
+			t.Fatalf("%d events aborted by a destination answering 503 by name for 10 minutes", len(ab))
+		}
+		if h.c.stats.BreakerOpened == 0 {
+			t.Errorf("the breaker never opened")
+		}
+		h.check(true)
+	})
+	t.Run("names-out-of-range", func(t *testing.T) {
+		h := newHarness(t, Config{Ordering: true, BatchSize: 5, ConcurrencyInitial: 1})
+		var seqs []uint64
+		for _, k := range []string{"A", "B", "C", "D", "E"} {
+			seqs = append(seqs, h.add(k))
+		}
+		poison := seqs[2]
+		h.respond = func(h *harness, b *batch) Result {
+			if hasSeq(b, poison) {
+				return Result{Status: 400, Rejected: []Rejection{{Index: 99, Status: 400}}}
+			}
+			return ok(h, b)
+		}
+		h.settle()
+		if ab := h.aborted(); len(ab) != 1 || ab[poison].Seq != poison {
+			t.Fatalf("aborted %v, want only %d", ab, poison)
+		}
+		if h.done[poison] {
+			t.Errorf("the refused event counted as delivered")
+		}
+		h.check(true)
+	})
 }
 
 // A batch the destination refuses is bisected: its events go again in

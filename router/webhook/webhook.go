@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -139,7 +138,9 @@ func (w *Webhook) Send(ctx context.Context, events []router.Event) router.Result
 	w.bufs.Put(bp)
 	if err != nil {
 		// A timeout after the request went out may have been delivered.
-		ambiguous := errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrConnectionClosed)
+		// So was a request whose answer was too large to read.
+		ambiguous := errors.Is(err, fasthttp.ErrTimeout) || errors.Is(err, fasthttp.ErrConnectionClosed) ||
+			errors.Is(err, fasthttp.ErrBodyTooLarge)
 		return router.Result{Err: fmt.Errorf("webhook: %w", err), Ambiguous: ambiguous}
 	}
 	res := router.Result{Status: resp.StatusCode(), Body: bytes.Clone(capped(resp.Body()))}
@@ -147,22 +148,31 @@ func (w *Webhook) Send(ctx context.Context, events []router.Event) router.Result
 		res.RetryAfter = parseRetryAfter(ra, time.Now())
 	}
 	if w.cfg.PartialFailures && w.cfg.Batch && res.Status >= 200 && res.Status < 500 && len(resp.Body()) > 0 {
-		res.Rejected = parseRejected(resp.Body(), events)
+		rej, err := parseRejected(resp.Body(), events)
+		if err != nil {
+			// Some event was refused, and which is unknown: nothing of the
+			// answer can be trusted, so the batch is retried (and, if it
+			// keeps coming, bisected down to the event).
+			return router.Result{Err: err, Body: res.Body}
+		}
+		res.Rejected = rej
 	}
 	return res
 }
 
 // parseRejected reads the events a partial answer names (see
-// Config.PartialFailures); nil when the body is not such an answer.
-func parseRejected(body []byte, events []router.Event) []router.Rejection {
+// Config.PartialFailures): nil when the body is not such an answer, an
+// error when it is one but names an event that cannot be told (a bad
+// entry, an index out of range, a messageId not in the batch).
+func parseRejected(body []byte, events []router.Event) ([]router.Rejection, error) {
 	if !bytes.Contains(body, []byte(`"rejected"`)) {
-		return nil
+		return nil, nil
 	}
 	var ans struct {
 		Rejected []json.RawMessage `json:"rejected"`
 	}
 	if json.Unmarshal(body, &ans) != nil {
-		return nil
+		return nil, nil
 	}
 	var out []router.Rejection
 	named := make([]bool, len(events))
@@ -172,17 +182,27 @@ func parseRejected(body []byte, events []router.Event) []router.Rejection {
 			MessageID string `json:"messageId"`
 			Status    int    `json:"status"`
 		}
-		if json.Unmarshal(raw, &r) != nil {
-			continue
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return nil, fmt.Errorf("webhook: partial answer entry %s: %w", capped(raw), err)
 		}
 		i := -1
 		switch {
 		case r.Index != nil:
 			i = *r.Index
 		case r.MessageID != "":
-			i = slices.IndexFunc(events, func(ev router.Event) bool { return string(ev.MessageID) == r.MessageID })
+			// The first event with that id not named yet: two events of a
+			// batch may share one (other sources, or past the dedup window).
+			for j, ev := range events {
+				if !named[j] && string(ev.MessageID) == r.MessageID {
+					i = j
+					break
+				}
+			}
 		}
-		if i < 0 || i >= len(events) || named[i] {
+		if i < 0 || i >= len(events) {
+			return nil, fmt.Errorf("webhook: partial answer names no event of the batch: %s", capped(raw))
+		}
+		if named[i] {
 			continue
 		}
 		named[i] = true
@@ -191,7 +211,7 @@ func parseRejected(body []byte, events []router.Event) []router.Rejection {
 		}
 		out = append(out, router.Rejection{Index: i, Status: r.Status, Reason: bytes.Clone(capped(raw))})
 	}
-	return out
+	return out, nil
 }
 
 func capped(b []byte) []byte {

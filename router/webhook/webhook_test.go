@@ -129,30 +129,34 @@ func TestConfigAndRetryAfter(t *testing.T) {
 
 // With PartialFailures, an answer naming refused events (by index or by
 // messageId) comes back as Rejected; without it, or for a server error, the
-// status stands for the whole batch.
+// status stands for the whole batch; an answer naming an event that cannot
+// be told is an error (the batch is retried), never "the rest was taken".
 func TestPartialFailures(t *testing.T) {
-	body := `{"rejected":[{"index":2,"status":422,"error":"bad"},{"messageId":"m-1"},{"index":9},{"messageId":"nope"},{"index":2}]}`
+	body := `{"rejected":[{"index":2,"status":422,"error":"bad"},{"messageId":"m-1"},{"index":2}]}`
+	want := []router.Rejection{
+		{Index: 2, Status: 422, Reason: []byte(`{"index":2,"status":422,"error":"bad"}`)},
+		{Index: 1, Status: 400, Reason: []byte(`{"messageId":"m-1"}`)},
+	}
 	for _, tc := range []struct {
 		name    string
 		status  int
 		partial bool
+		body    string
 		want    []router.Rejection
+		err     bool
 	}{
-		{"named-200", 200, true, []router.Rejection{
-			{Index: 2, Status: 422, Reason: []byte(`{"index":2,"status":422,"error":"bad"}`)},
-			{Index: 1, Status: 400, Reason: []byte(`{"messageId":"m-1"}`)},
-		}},
-		{"named-400", 400, true, []router.Rejection{
-			{Index: 2, Status: 422, Reason: []byte(`{"index":2,"status":422,"error":"bad"}`)},
-			{Index: 1, Status: 400, Reason: []byte(`{"messageId":"m-1"}`)},
-		}},
-		{"server-error", 500, true, nil},
-		{"option-off", 200, false, nil},
+		{"named-200", 200, true, body, want, false},
+		{"named-400", 400, true, body, want, false},
+		{"server-error", 500, true, body, nil, false},
+		{"option-off", 200, false, body, nil, false},
+		{"index-out-of-range", 200, true, `{"rejected":[{"index":0},{"index":9}]}`, nil, true},
+		{"unknown-message-id", 400, true, `{"rejected":[{"messageId":"nope"}]}`, nil, true},
+		{"bad-entry", 200, true, `{"rejected":[{"index":"1"}]}`, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				w.WriteHeader(tc.status)
-				io.WriteString(w, body)
+				io.WriteString(w, tc.body)
 			}))
 			defer srv.Close()
 			w, err := New(Config{URL: srv.URL, Batch: true, PartialFailures: tc.partial})
@@ -161,7 +165,13 @@ func TestPartialFailures(t *testing.T) {
 			}
 			defer w.Close()
 			res := w.Send(context.Background(), []router.Event{ev("m-0", `{}`), ev("m-1", `{}`), ev("m-2", `{}`)})
-			if res.Status != tc.status || len(res.Rejected) != len(tc.want) {
+			if tc.err {
+				if res.Err == nil || res.Status != 0 || res.Rejected != nil {
+					t.Fatalf("result %+v, want an error", res)
+				}
+				return
+			}
+			if res.Err != nil || res.Status != tc.status || len(res.Rejected) != len(tc.want) {
 				t.Fatalf("result %+v, want status %d and rejected %+v", res, tc.status, tc.want)
 			}
 			for i, r := range res.Rejected {
@@ -171,10 +181,16 @@ func TestPartialFailures(t *testing.T) {
 			}
 		})
 	}
+	// Two events of a batch with one messageId: each name takes the next.
+	dup := []router.Event{ev("m-0", `{}`), ev("d", `{}`), ev("d", `{}`)}
+	got, err := parseRejected([]byte(`{"rejected":[{"messageId":"d"},{"messageId":"d"}]}`), dup)
+	if err != nil || len(got) != 2 || got[0].Index != 1 || got[1].Index != 2 {
+		t.Errorf("duplicate messageIds: %+v %v", got, err)
+	}
 	// A body that is not such an answer names nothing.
 	for _, b := range []string{`{"ok":true}`, `not json "rejected"`, `{"rejected":"all"}`} {
-		if got := parseRejected([]byte(b), []router.Event{ev("m-0", `{}`)}); got != nil {
-			t.Errorf("body %s: rejected %+v", b, got)
+		if got, err := parseRejected([]byte(b), []router.Event{ev("m-0", `{}`)}); got != nil || err != nil {
+			t.Errorf("body %s: rejected %+v, %v", b, got, err)
 		}
 	}
 }
