@@ -5,15 +5,18 @@
 //
 // Append validates a batch, queues it, and waits. One committer goroutine
 // takes every queued batch (up to GroupBytesMax) as a group: it drops
-// duplicates (dedup.go), assigns consecutive sequence numbers, encodes the
-// frames into one buffer, writes it to the active segment, fsyncs once, then
-// commits the group's dedup keys to the index, publishes the new high-water
-// mark and wakes the callers. Concurrent callers share that fsync (group
-// commit). Readers never read past the high-water mark, so they never see a
-// hole that later fills.
+// duplicates (dedup.go), assigns consecutive sequence numbers and encodes
+// the frames into one buffer, while a syncer goroutine writes the group
+// before it to the active segment and fsyncs once. When that group is
+// durable the committer commits its dedup keys (to memory; the index gets
+// them behind, in sorted tables), publishes the new high-water mark, wakes
+// the callers and hands the next group over. Concurrent callers share that
+// fsync (group commit). Readers never read past the high-water mark, so they
+// never see a hole that later fills.
 //
-// A write, sync or index failure marks the engine broken: the failed group
-// is not acknowledged, and the next Append first seals the active segment at
+// A write or sync failure marks the engine broken: the failed group, and
+// the one prepared after it (its duplicates and numbers assumed the failed
+// one stored), are not acknowledged, and the next Append first seals the active segment at
 // its last durable size (bytes past it are ignored forever) and starts a new
 // one. Until that works (the disk has room again) Append returns
 // ErrUnavailable; the process never exits for it.
@@ -24,6 +27,7 @@
 //	  log/0000000001.seg   segment files (segment.go: header; record.go: frames)
 //	  log/0000000002.seg
 //	  index/               Pebble (keys.go: key layout)
+//	  index-stage/         a dedup table being built, before ingestion
 //
 // A segment frame:
 //
@@ -69,8 +73,8 @@
 // beyond the last acknowledged record because acknowledgement follows
 // fsync), replays the log past the dedup checkpoint into the dedup index,
 // and loads cursors and entry counts from the index alone. The dedup
-// checkpoint is committed after each group's fsync: a log that ends before
-// it lost acknowledged records (damage, a deleted file), which are reported
+// checkpoint moves with each dedup table, always to records already
+// fsynced: a log that ends before it lost acknowledged records (damage, a deleted file), which are reported
 // (Stats.LostRecords) and whose seqs are never reused. It always starts
 // a fresh active segment. Corruption inside a sealed segment is found when
 // it is read: the rest of that segment is reported (Stats.LostRecords and an

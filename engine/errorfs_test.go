@@ -567,3 +567,46 @@ func TestErrorFSRandomFaults(t *testing.T) {
 	expectLog(t, e, 1, ids)
 	checkRecovered(t, f, e, ids, batchIDs("final", 0, 5))
 }
+
+// A dedup index batch that cannot be written fails no append: its keys stay
+// in memory (duplicates are still found), the checkpoint waits, and the
+// keys go to the index once the disk works again.
+func TestErrorFSDedupIndexBatchFailure(t *testing.T) {
+	f := newFaultFS(func(op errorfs.Op) bool {
+		return strings.HasPrefix(op.Path, "/data/index-stage/") && op.Kind.ReadOrWrite() == errorfs.OpIsWrite
+	})
+	e, logs := openLogged(t, f.fs) // index batches of 100 keys
+	f.toggle.On()
+	acked := appendIDs(t, e, "a", 0, 400, 20)
+	if f.hits.Load() == 0 {
+		t.Fatal("no index batch write failed")
+	}
+	if got := e.dedup.indexed.Load(); got >= e.LastSeq() {
+		t.Fatalf("indexed through %d of %d while every batch failed", got, e.LastSeq())
+	}
+	if res, err := e.Append(context.Background(), recsFor(acked)); err != nil || res.Duplicates != len(acked) {
+		t.Fatalf("re-append while index batches fail: %+v %v", res, err)
+	}
+	if !strings.Contains(logs.all(), "dedup index write failed") {
+		t.Errorf("the failed index batch was not logged:\n%s", logs.all())
+	}
+	f.toggle.Off()
+	e.writeMu.Lock()
+	e.drainLocked()
+	err := e.dedup.sync(time.Now())
+	e.writeMu.Unlock()
+	if err != nil {
+		t.Fatalf("index batch after the disk recovered: %v", err)
+	}
+	if got := e.dedup.indexed.Load(); got != e.LastSeq() {
+		t.Fatalf("indexed through %d of %d after the disk recovered", got, e.LastSeq())
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e2, _ := openLogged(t, f.mem)
+	defer e2.Close()
+	if res, err := e2.Append(context.Background(), recsFor(acked)); err != nil || res.Duplicates != len(acked) {
+		t.Fatalf("re-append after reopen: %+v %v", res, err)
+	}
+}

@@ -448,8 +448,9 @@ func (c *core) complete(b *batch, now time.Time) {
 	res := b.res
 	out := c.pol.classify(res)
 	var named []outcome // per item, for a partial answer (see completePartial)
+	var own []Result
 	if len(res.Rejected) > 0 && (out == outSuccess || out == outAbort) {
-		named = c.namedOutcomes(b)
+		named, own = c.namedOutcomes(b)
 	}
 	bad := out == outThrottled || out == outRetryable
 	for _, o := range named {
@@ -457,31 +458,33 @@ func (c *core) complete(b *batch, now time.Time) {
 	}
 	c.aimd.observe(b.start, now, c.inFlight+1, bad)
 	if named != nil {
-		c.completePartial(b, named, now)
+		c.completePartial(b, named, own, now)
 		return
 	}
 	c.apply(b, out, now)
 }
 
 // namedOutcomes reads a partial answer: per item of the batch, the outcome
-// of its own status if the answer names it, outSuccess (taken) if not. It
-// returns nil when the answer names none of the batch's events (an index
-// out of range names nothing): then its status stands for the whole batch.
-func (c *core) namedOutcomes(b *batch) []outcome {
+// of its own status and that result if the answer names it, outSuccess
+// (taken) if not. It returns nil when the answer names none of the batch's
+// events (an index out of range names nothing): then its status stands for
+// the whole batch.
+func (c *core) namedOutcomes(b *batch) ([]outcome, []Result) {
 	outs := make([]outcome, len(b.items))
-	seen := make([]bool, len(b.items))
+	own := make([]Result, len(b.items))
 	any := false
 	for _, r := range b.res.Rejected {
-		if r.Index < 0 || r.Index >= len(b.items) || seen[r.Index] {
+		if r.Index < 0 || r.Index >= len(b.items) || own[r.Index].Status != 0 {
 			continue
 		}
-		seen[r.Index], any = true, true
-		outs[r.Index] = c.pol.classify(Result{Status: r.Status})
+		any = true
+		own[r.Index] = Result{Status: r.Status, Body: r.Reason}
+		outs[r.Index] = c.pol.classify(own[r.Index])
 	}
 	if !any {
-		return nil
+		return nil, nil
 	}
-	return outs
+	return outs, own
 }
 
 // completePartial applies an answer that took some events of the batch and
@@ -490,20 +493,14 @@ func (c *core) namedOutcomes(b *batch) []outcome {
 // delivered. The request counts once in the destination's health: as a
 // failure when named retryable failures are at least as many as the events
 // taken (then, if the destination looks down, they go back uncharged, as in
-// an outage), else as an answer. The named go first, so that a failed one's
+// an outage), else as an answer. own holds each named event's own result. The named go first, so that a failed one's
 // barrier is up before its key is released, and in batch order: once one
 // of a key fails or is throttled, its later named events go back behind it
 // unchanged. (A destination that takes an event after failing an earlier
 // one of the same user has broken that user's order itself; the failed one
 // is retried.)
-func (c *core) completePartial(b *batch, outs []outcome, now time.Time) {
+func (c *core) completePartial(b *batch, outs []outcome, own []Result, now time.Time) {
 	res := b.res
-	reasons := make([]Result, len(b.items))
-	for _, r := range res.Rejected {
-		if r.Index >= 0 && r.Index < len(b.items) && reasons[r.Index].Status == 0 {
-			reasons[r.Index] = Result{Status: r.Status, Body: r.Reason}
-		}
-	}
 	taken, failing, throttled := 0, 0, false
 	for _, o := range outs {
 		switch o {
@@ -540,7 +537,7 @@ func (c *core) completePartial(b *batch, outs []outcome, now time.Time) {
 			stopped[it.key] = c.cfg.Ordering
 			continue
 		}
-		one := &batch{items: []*item{it}, entry: b.entry, start: b.start, res: reasons[i]}
+		one := &batch{items: []*item{it}, entry: b.entry, start: b.start, res: own[i]}
 		if o == outAbort {
 			c.refuse(it, one.res, now)
 		} else {

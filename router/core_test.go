@@ -672,6 +672,34 @@ func TestCoreSkippedReleasedInOrder(t *testing.T) {
 	}
 }
 
+// slowFirstTry scripts the destination for the spill tests: the first
+// request with head (if slow) takes 5 s and gets first; every other request
+// takes fast and succeeds. The returned time is set when a request with
+// head completes first.
+func slowFirstTry(h *harness, head uint64, slow bool, first Result, fast time.Duration) *time.Time {
+	nextSlow := false
+	h.respond = func(h *harness, b *batch) Result {
+		nextSlow = slow && hasSeq(b, head) && h.tries[head] == 1
+		if nextSlow {
+			return first
+		}
+		return ok(h, b)
+	}
+	h.latencyFn = func() time.Duration {
+		if nextSlow {
+			return 5 * time.Second
+		}
+		return fast
+	}
+	done := new(time.Time)
+	h.onComplete = func(h *harness, b *batch, s *send) {
+		if hasSeq(b, head) && done.IsZero() {
+			*done = h.now()
+		}
+	}
+	return done
+}
+
 // A full read-ahead window whose oldest request is slow spills it: after
 // spillAfter its events are stored (failed head, skipped behind it) so the
 // cursor and the other keys move on, and its answer settles them. A window
@@ -685,23 +713,7 @@ func TestCoreSpillSlowHead(t *testing.T) {
 			for i := 0; i < 200; i++ {
 				h.add(fmt.Sprintf("K%d", i%40))
 			}
-			nextSlow := false
-			h.respond = func(h *harness, b *batch) Result {
-				nextSlow = slow && hasSeq(b, head) && h.tries[head] == 1
-				return ok(h, b)
-			}
-			h.latencyFn = func() time.Duration {
-				if nextSlow {
-					return 5 * time.Second
-				}
-				return 50 * time.Millisecond
-			}
-			var headDone time.Time
-			h.onComplete = func(h *harness, b *batch, s *send) {
-				if hasSeq(b, head) && headDone.IsZero() {
-					headDone = h.now()
-				}
-			}
+			headDone := slowFirstTry(h, head, slow, Result{Status: 200}, 50*time.Millisecond)
 			h.settle()
 			switch spilled := h.c.stats.Spilled; {
 			case !slow && spilled != 0:
@@ -714,7 +726,7 @@ func TestCoreSpillSlowHead(t *testing.T) {
 				// the window's 20 events.
 				before := 0
 				for _, d := range h.dlv {
-					if d.key != "A" && d.at.Before(headDone) {
+					if d.key != "A" && d.at.Before(*headDone) {
 						before++
 					}
 				}
@@ -736,26 +748,7 @@ func TestCoreSpilledHeadAnsweredIsDueAtOnce(t *testing.T) {
 	for i := 0; i < 100; i++ {
 		h.add(fmt.Sprintf("K%d", i%40))
 	}
-	slowNext := false
-	h.respond = func(h *harness, b *batch) Result {
-		slowNext = hasSeq(b, head) && h.tries[head] == 1
-		if slowNext {
-			return Result{Status: 429, RetryAfter: time.Second}
-		}
-		return ok(h, b)
-	}
-	h.latencyFn = func() time.Duration {
-		if slowNext {
-			return 5 * time.Second
-		}
-		return 10 * time.Millisecond
-	}
-	var answered time.Time
-	h.onComplete = func(h *harness, b *batch, s *send) {
-		if hasSeq(b, head) && answered.IsZero() {
-			answered = h.now()
-		}
-	}
+	answered := slowFirstTry(h, head, true, Result{Status: 429, RetryAfter: time.Second}, 10*time.Millisecond)
 	h.settle()
 	if h.c.stats.Spilled == 0 {
 		t.Fatal("the slow head was not spilled")
@@ -764,7 +757,7 @@ func TestCoreSpilledHeadAnsweredIsDueAtOnce(t *testing.T) {
 	if i < 0 {
 		t.Fatal("head not delivered")
 	}
-	if wait := h.dlv[i].at.Sub(answered); wait > 3*time.Second {
+	if wait := h.dlv[i].at.Sub(*answered); wait > 3*time.Second {
 		t.Errorf("spilled head delivered %v after its throttled answer (Retry-After 1s): it waited for its timeout", wait)
 	}
 	h.check(true)
