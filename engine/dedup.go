@@ -72,13 +72,15 @@ type dedup struct {
 	committed    int
 	committedSeq uint64
 	lastFlush    time.Time
+	lastCommit   time.Time // when keys were last committed
 	retryAt      time.Time // after a failed batch, no new one before this
 
 	// The batch being written in the background, if any: its keys (by hash
 	// and sorted), the seq it moves the checkpoint to, and where its result
 	// arrives.
 	flushing     map[hash128]uint32
-	flushKeys    []pendingKey
+	flushKeys    []pendingKey // pending[:committed] when the batch started
+	spare        []pendingKey // a free array for pending, when not nil
 	flushSeq     uint64
 	flushDone    chan error
 	inFlight     bool
@@ -311,6 +313,9 @@ func (d *dedup) add(h hash128, seq uint64, gen uint32) {
 // (a group prepared meanwhile) stay uncommitted. It returns the error of a
 // background batch that failed; its keys are kept for the next one.
 func (d *dedup) commitThrough(mark int, lastSeq uint64, now time.Time) error {
+	if mark-d.base > d.committed {
+		d.lastCommit = now
+	}
 	d.committed = mark - d.base
 	d.committedSeq = max(d.committedSeq, lastSeq)
 	if d.committed == 0 {
@@ -337,12 +342,11 @@ func (d *dedup) commitThrough(mark int, lastSeq uint64, now time.Time) error {
 	return nil
 }
 
-// startFlush hands the committed keys to a background index batch.
+// startFlush hands the committed keys to a background index batch. The
+// committer only swaps slices and maps here: sorting the keys (tens of
+// milliseconds for a full batch) is the batch's work, not the group's.
 func (d *dedup) startFlush(now time.Time) {
-	d.flushKeys = append(d.flushKeys[:0], d.pending[:d.committed]...)
-	slices.SortFunc(d.flushKeys, func(a, b pendingKey) int {
-		return cmp.Or(cmp.Compare(a.gen, b.gen), cmp.Compare(a.h.lo, b.h.lo), cmp.Compare(a.h.hi, b.h.hi))
-	})
+	d.flushKeys = d.pending[:d.committed]
 	d.flushSeq = d.committedSeq
 	// The committed keys move to flushing; those of a group prepared since
 	// stay fresh (undo may yet forget them).
@@ -353,13 +357,19 @@ func (d *dedup) startFlush(now time.Time) {
 		d.fresh[p.h] = p.gen
 		delete(d.flushing, p.h)
 	}
-	d.pending = d.pending[:copy(d.pending, rest)]
+	d.pending = append(d.spare[:0], rest...)
+	d.spare = nil
 	d.base += d.committed
 	d.committed = 0
 	d.lastFlush = now
 	d.inFlight = true
 	d.flushes++
-	go func(keys []pendingKey, ckpt uint64) { d.flushDone <- d.ingest(keys, ckpt) }(d.flushKeys, d.flushSeq)
+	go func(keys []pendingKey, ckpt uint64) {
+		slices.SortFunc(keys, func(a, b pendingKey) int {
+			return cmp.Or(cmp.Compare(a.gen, b.gen), cmp.Compare(a.h.lo, b.h.lo), cmp.Compare(a.h.hi, b.h.hi))
+		})
+		d.flushDone <- d.ingest(keys, ckpt)
+	}(d.flushKeys, d.flushSeq)
 }
 
 // ingest writes sorted keys and the checkpoint ckpt into a table and
@@ -412,6 +422,7 @@ func (d *dedup) flushed(err error) error {
 		d.ckpt = d.flushSeq
 		d.indexed.Store(d.ckpt)
 		clear(d.flushing)
+		d.spare, d.flushKeys = d.flushKeys[:0], nil
 		return nil
 	}
 	for h, gen := range d.flushing {
@@ -425,6 +436,7 @@ func (d *dedup) flushed(err error) error {
 	d.retryAt = d.lastFlush.Add(d.flushMaxWait) // not at every group: once a wait
 	d.committed += len(d.flushKeys)
 	d.base -= len(d.flushKeys)
+	d.spare = d.pending[:0]
 	d.pending = append(d.flushKeys, d.pending...)
 	d.flushKeys = nil
 	return fmt.Errorf("cannot commit dedup keys: %w", err)
@@ -439,10 +451,11 @@ func (d *dedup) wait() error {
 	return d.flushed(<-d.flushDone)
 }
 
-// idle reports whether the committed keys waited too long for commitThrough to
-// write them (no appends since).
+// idle reports whether no keys were committed, and no batch started, for
+// DedupIndexInterval: appends stopped, so commitThrough will not write the
+// waiting keys. While appends come it writes them within that interval.
 func (d *dedup) idle(now time.Time) bool {
-	return !d.inFlight && now.Sub(d.lastFlush) >= d.flushMaxWait
+	return !d.inFlight && now.Sub(d.lastCommit) >= d.flushMaxWait && now.Sub(d.lastFlush) >= d.flushMaxWait
 }
 
 // sync writes every committed key to the index and waits: Reclaim calls it

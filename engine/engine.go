@@ -40,6 +40,13 @@ type Engine struct {
 	inflight *syncJob
 	syncCh   chan *syncJob
 	syncDone chan *syncJob
+	spare    *spareFile // the next segment's file, made ready (see spare.go)
+
+	// spareMu serializes preparing spares and guards free: reclaimed
+	// segment files kept for reuse. Taken before writeMu.
+	spareMu     sync.Mutex
+	free        []uint32
+	spareWanted chan struct{}
 
 	// hwm is the last durable, readable seq. Readers never go past it.
 	hwm      atomic.Uint64
@@ -391,8 +398,9 @@ func (e *Engine) readyLocked() error {
 }
 
 // rotateLocked seals the active segment at its durable size and starts a
-// new one. The new file exists (synced) before the manifest names it; the
-// manifest batch that seals the old one and adds the new one is synced.
+// new one. The new file exists (its directory entry synced) before the
+// manifest names it; the manifest batch that seals the old one and adds the
+// new one is synced.
 func (e *Engine) rotateLocked() error {
 	e.drainLocked() // the group in flight goes to the old segment, or fails
 	old := e.active
@@ -402,8 +410,11 @@ func (e *Engine) rotateLocked() error {
 		}
 		e.file = nil
 	}
-	id := e.nextID
-	f, err := createSegmentFile(e.fs, e.logDir, id, e.nextSeq)
+	id, f, err := e.takeSpareLocked()
+	if f == nil && err == nil {
+		id = e.nextID
+		f, err = createSegmentFile(e.fs, e.logDir, id, e.nextSeq)
+	}
 	if err != nil {
 		return err
 	}
@@ -418,10 +429,10 @@ func (e *Engine) rotateLocked() error {
 	b.Set(segmentKey(id), encodeManifest(seg), nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		f.Close()
-		e.nextID++ // never reuse the id of a file that may exist
+		e.nextID = max(e.nextID, id+1) // never reuse the id of a file that may exist
 		return fmt.Errorf("cannot record segment %d in manifest: %w", id, err)
 	}
-	e.nextID++
+	e.nextID = max(e.nextID, id+1)
 	e.file, e.active = f, seg
 	if e.broken != nil { // the broken segment is sealed at its durable size
 		e.log.Info("storage recovered; appends resume", "segment", id)
@@ -482,6 +493,7 @@ func (e *Engine) Close() error {
 		e.qMu.Unlock()
 		close(e.closing)
 		e.wg.Wait()
+		e.dropSpareFiles()
 		e.writeMu.Lock()
 		if serr := e.dedup.sync(e.opts.Now()); serr != nil {
 			err = serr

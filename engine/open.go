@@ -52,19 +52,20 @@ func Open(opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("cannot open index %s: %w", idxDir, err)
 	}
 	e := &Engine{
-		opts:      o,
-		fs:        fs,
-		log:       o.Logger,
-		db:        db,
-		logDir:    logDir,
-		notifyCh:  make(chan struct{}),
-		qSignal:   make(chan struct{}, 1),
-		syncCh:    make(chan *syncJob),
-		syncDone:  make(chan *syncJob, 1),
-		consumers: make(map[string]*Consumer),
-		closing:   make(chan struct{}),
-		nextID:    1,
-		nextSeq:   1,
+		opts:        o,
+		fs:          fs,
+		log:         o.Logger,
+		db:          db,
+		logDir:      logDir,
+		notifyCh:    make(chan struct{}),
+		qSignal:     make(chan struct{}, 1),
+		syncCh:      make(chan *syncJob),
+		syncDone:    make(chan *syncJob, 1),
+		spareWanted: make(chan struct{}, 1),
+		consumers:   make(map[string]*Consumer),
+		closing:     make(chan struct{}),
+		nextID:      1,
+		nextSeq:     1,
 	}
 	e.dedup = newDedup(db, &o, stageDir, popts.MakeWriterOptions(0, db.TableFormat()))
 	if err := e.recover(); err != nil {
@@ -72,10 +73,11 @@ func Open(opts Options) (*Engine, error) {
 		db.Close()
 		return nil, err
 	}
-	e.wg.Add(3)
+	e.wg.Add(4)
 	go e.commitLoop()
 	go e.syncLoop()
 	go e.reclaimLoop()
+	go e.spareLoop()
 	return e, nil
 }
 
@@ -297,17 +299,33 @@ func (e *Engine) scanTail(s *segment) error {
 	if _, err := f.ReadAt(hdr, 0); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("cannot read segment %d header: %w", s.id, err)
 	}
-	if id, base, err := decodeSegmentHeader(hdr); err != nil || id != s.id || base != s.baseSeq {
-		// The header was synced before the manifest named the file, so no
-		// crash tears it: it was damaged since. Its frames may still hold
+	h, herr := decodeSegmentHeader(hdr)
+	switch {
+	case herr == nil && h.id == s.id && h.baseSeq == s.baseSeq:
+	case st.Size() < segmentHeaderLen || herr == nil && h.id < s.id:
+		// A spare file (spare.go) whose header, written with the first
+		// group, was not synced: no record of it was acknowledged.
+		e.log.Info("active segment was never synced; it is empty", "segment", s.id)
+	default:
+		// The header is synced before any of the segment's records are
+		// acknowledged: it was damaged since. Its frames may still hold
 		// acknowledged records, and they check themselves (checksum, and
 		// seqs from the manifest's baseSeq), so scan them anyway.
-		e.log.Error("active segment header invalid; scanning its frames anyway", "segment", s.id, "header_id", id, "header_base_seq", base, "err", err)
+		e.log.Error("active segment header invalid; scanning its frames anyway", "segment", s.id, "header_id", h.id, "header_base_seq", h.baseSeq, "err", herr)
 	}
+	// In a recycled file, an older segment's bytes follow what this one
+	// wrote; an older segment's header means this one wrote nothing synced.
+	recycled := herr == nil && (h.id == s.id && h.flags&headerRecycled != 0 || h.id < s.id)
 	sc := newFrameScanner(f, s.baseSeq, segmentHeaderLen, st.Size(), e.opts.RecordBytesMax)
 	for {
 		_, err := sc.next(true)
 		if err == io.EOF {
+			break
+		}
+		if err != nil && recycled {
+			// The end of what this segment wrote; an older segment's bytes
+			// (or an unacknowledged torn write over them) follow.
+			e.log.Info("active segment recovered; the rest of its recycled file is ignored", "segment", s.id, "offset", sc.off)
 			break
 		}
 		if err != nil {

@@ -151,10 +151,7 @@ func (e *Engine) deleteSegment(s *segment, consumers []*Consumer) error {
 	e.segMu.Unlock()
 	e.stats.stragglersMoved.Add(uint64(len(moved)))
 	e.stats.segmentsDeleted.Add(1)
-	if err := e.fs.Remove(e.fs.PathJoin(e.logDir, segmentFileName(s.id))); err != nil {
-		// The manifest no longer names it; Open removes it as a stray.
-		e.log.Warn("cannot remove reclaimed segment file", "segment", s.id, "err", err)
-	}
+	e.retireFile(s.id)
 	return nil
 }
 

@@ -106,6 +106,20 @@ func reclaimFiles(t testing.TB, fs vfs.FS) int {
 	return n
 }
 
+// keptFiles counts the segment files the engine keeps beside the manifest's:
+// reclaimed ones waiting for reuse and the spare.
+func keptFiles(e *Engine) int {
+	e.spareMu.Lock()
+	defer e.spareMu.Unlock()
+	e.writeMu.Lock()
+	defer e.writeMu.Unlock()
+	n := len(e.free)
+	if e.spare != nil {
+		n++
+	}
+	return n
+}
+
 func reclaimHasStraggler(t testing.TB, e *Engine, seq uint64) bool {
 	t.Helper()
 	_, closer, err := e.db.Get(stragglerKey(seq))
@@ -153,8 +167,8 @@ func TestReclaimConsumedBacklog(t *testing.T) {
 	if st.Segments > 2 || st.SegmentBytes > 2*opts.SegmentBytesMax {
 		t.Fatalf("after consuming everything: %d segments, %d bytes; want at most 2 segments of %d bytes", st.Segments, st.SegmentBytes, opts.SegmentBytesMax)
 	}
-	if files := reclaimFiles(t, fs); files != st.Segments {
-		t.Fatalf("%d segment files on disk, manifest names %d", files, st.Segments)
+	if files, kept := reclaimFiles(t, fs), keptFiles(e); files != st.Segments+kept {
+		t.Fatalf("%d segment files on disk, manifest names %d, %d kept for reuse", files, st.Segments, kept)
 	}
 	if uint64(d) != st.SegmentsDeleted || st.StragglersMoved != 0 {
 		t.Fatalf("deleted %d, stats %d; stragglers %d", d, st.SegmentsDeleted, st.StragglersMoved)
@@ -400,8 +414,8 @@ func TestReclaimWithoutConsumers(t *testing.T) {
 					t.Fatalf("read %d records", len(got))
 				}
 			}
-			if files := reclaimFiles(t, fs); files != len(after) {
-				t.Fatalf("%d segment files, want %d", files, len(after))
+			if files, kept := reclaimFiles(t, fs), keptFiles(e); files != len(after)+kept {
+				t.Fatalf("%d segment files, want %d and %d kept for reuse", files, len(after), kept)
 			}
 			// A consumer created now starts at the end and reads what follows.
 			c := reclaimConsumer(t, e, "late")

@@ -13,7 +13,7 @@ import (
 //
 //	+-----------------------------------------------------------+
 //	| header: magic "SLUICESG" | version u32 | id u32 |          |
-//	|         baseSeq u64 | reserved u32 | crc u32 (32 bytes)    |
+//	|         baseSeq u64 | flags u32 | crc u32 (32 bytes)       |
 //	+-----------------------------------------------------------+
 //	| frame seq=baseSeq | frame baseSeq+1 | ... (see record.go)  |
 //	+-----------------------------------------------------------+
@@ -23,10 +23,15 @@ import (
 // acknowledged. The manifest in the index (key 0x02 id) records, for sealed
 // segments, the last sequence number and the byte size: bytes past that size
 // (a failed write) are ignored. The one unsealed segment is the active one;
-// recovery scans it and truncates its tail at the first bad frame.
+// recovery scans it and truncates its tail at the first bad frame. Flags
+// (0 in files of older versions, which called the field reserved):
+// headerRecycled marks a file reused from a reclaimed segment (spare.go),
+// where an older segment's bytes may follow the last frame written.
 const (
 	segmentHeaderLen = 32
 	segmentMagic     = "SLUICESG"
+
+	headerRecycled uint32 = 1
 )
 
 // segment is the in-memory view of one segment file.
@@ -59,27 +64,39 @@ func parseSegmentFileName(name string) (uint32, bool) {
 	return id, true
 }
 
-func encodeSegmentHeader(id uint32, baseSeq uint64) []byte {
+func encodeSegmentHeader(id uint32, baseSeq uint64, flags uint32) []byte {
 	h := make([]byte, segmentHeaderLen)
 	copy(h, segmentMagic)
 	binary.LittleEndian.PutUint32(h[8:], segmentVersion)
 	binary.LittleEndian.PutUint32(h[12:], id)
 	binary.LittleEndian.PutUint64(h[16:], baseSeq)
+	binary.LittleEndian.PutUint32(h[24:], flags)
 	binary.LittleEndian.PutUint32(h[28:], crc32.Checksum(h[:28], crcTable))
 	return h
 }
 
-func decodeSegmentHeader(h []byte) (id uint32, baseSeq uint64, err error) {
+// segmentHeader is a decoded segment file header.
+type segmentHeader struct {
+	id      uint32
+	baseSeq uint64
+	flags   uint32
+}
+
+func decodeSegmentHeader(h []byte) (segmentHeader, error) {
 	if len(h) < segmentHeaderLen || string(h[:8]) != segmentMagic {
-		return 0, 0, fmt.Errorf("segment header magic: %w", ErrCorrupt)
+		return segmentHeader{}, fmt.Errorf("segment header magic: %w", ErrCorrupt)
 	}
 	if crc32.Checksum(h[:28], crcTable) != binary.LittleEndian.Uint32(h[28:]) {
-		return 0, 0, fmt.Errorf("segment header checksum: %w", ErrCorrupt)
+		return segmentHeader{}, fmt.Errorf("segment header checksum: %w", ErrCorrupt)
 	}
 	if v := binary.LittleEndian.Uint32(h[8:]); v != segmentVersion {
-		return 0, 0, fmt.Errorf("segment format version %d, want %d: %w", v, segmentVersion, ErrCorrupt)
+		return segmentHeader{}, fmt.Errorf("segment format version %d, want %d: %w", v, segmentVersion, ErrCorrupt)
 	}
-	return binary.LittleEndian.Uint32(h[12:]), binary.LittleEndian.Uint64(h[16:]), nil
+	return segmentHeader{
+		id:      binary.LittleEndian.Uint32(h[12:]),
+		baseSeq: binary.LittleEndian.Uint64(h[16:]),
+		flags:   binary.LittleEndian.Uint32(h[24:]),
+	}, nil
 }
 
 // Manifest value layout: baseSeq u64 | lastSeq u64 | size u64 | sealed u8.
@@ -113,7 +130,7 @@ func createSegmentFile(fs vfs.FS, dir string, id uint32, baseSeq uint64) (vfs.Fi
 	if err != nil {
 		return nil, fmt.Errorf("cannot create segment %s: %w", path, err)
 	}
-	if _, err := f.Write(encodeSegmentHeader(id, baseSeq)); err != nil {
+	if _, err := f.Write(encodeSegmentHeader(id, baseSeq, 0)); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("cannot write segment header %s: %w", path, err)
 	}

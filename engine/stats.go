@@ -12,6 +12,7 @@ type counters struct {
 	writeErrors, rejectedBudget, rejectedBacklog atomic.Uint64
 	lostRecords, truncatedBytes, stragglersMoved atomic.Uint64
 	segmentsCreated, segmentsDeleted             atomic.Uint64
+	segmentsRecycled                             atomic.Uint64
 }
 
 // Stats is a snapshot of the engine for metrics and health checks.
@@ -39,6 +40,8 @@ type Stats struct {
 	StragglersMoved uint64
 	SegmentsCreated uint64
 	SegmentsDeleted uint64
+	// SegmentsRecycled counts segments started in a reclaimed one's file.
+	SegmentsRecycled uint64
 	// IndexWriteAmp is Pebble's write amplification.
 	IndexWriteAmp float64
 	// Healthy is false while appends fail (a write error not yet repaired).
@@ -75,6 +78,8 @@ func (e *Engine) Stats() Stats {
 		StragglersMoved: e.stats.stragglersMoved.Load(),
 		SegmentsCreated: e.stats.segmentsCreated.Load(),
 		SegmentsDeleted: e.stats.segmentsDeleted.Load(),
+
+		SegmentsRecycled: e.stats.segmentsRecycled.Load(),
 	}
 	e.writeMu.Lock()
 	st.Healthy = e.broken == nil

@@ -171,6 +171,7 @@ func writeEngineMetrics(w fmtWriter, st engine.Stats) {
 	g("counter", "sluice_engine_lost_records_total", "Records found unreadable.", st.LostRecords)
 	g("counter", "sluice_engine_stragglers_moved_total", "Events copied out of reclaimed segments.", st.StragglersMoved)
 	g("counter", "sluice_engine_segments_deleted_total", "Segments reclaimed.", st.SegmentsDeleted)
+	g("counter", "sluice_engine_segments_recycled_total", "Segments started in a reclaimed segment's file.", st.SegmentsRecycled)
 	g("gauge", "sluice_engine_index_write_amplification", "Pebble write amplification.", st.IndexWriteAmp)
 	healthy := 0
 	if st.Healthy {
