@@ -226,6 +226,41 @@ func TestOpenLoopNoCoordinatedOmission(t *testing.T) {
 	}
 }
 
+// TestOpenLoopWarmup: a stall in the warm-up is in the series, not in the
+// percentiles; the requests are counted all the same.
+func TestOpenLoopWarmup(t *testing.T) {
+	var first atomic.Bool
+	addr := testServer(t, func(ctx *fasthttp.RequestCtx) {
+		if first.CompareAndSwap(false, true) {
+			time.Sleep(200 * time.Millisecond)
+		}
+		ctx.SetStatusCode(200)
+	})
+	res, err := Load(context.Background(), LoadConfig{Target: addr, WriteKey: "k", Batch: 1, Senders: 1, Rate: 100,
+		Duration: 1500 * time.Millisecond, Warmup: time.Second, Event: EventConfig{Users: 1, Bytes: 200}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != 150 || res.NotSent != 0 {
+		t.Fatalf("requests %d, not sent %d", res.Requests, res.NotSent)
+	}
+	if n := res.Latency.TotalCount(); n < 45 || n > 55 {
+		t.Fatalf("%d latencies in the histogram, want the 50 due after the warm-up", n)
+	}
+	if max := time.Duration(res.Latency.Max()) * time.Microsecond; max > 100*time.Millisecond {
+		t.Fatalf("max latency %v: the warm-up stall is in the percentiles", max)
+	}
+	if len(res.Series) == 0 || res.Series[0].MaxMs < 150 {
+		t.Fatalf("series %+v: the warm-up stall is missing from the first second", res.Series)
+	}
+	if !strings.Contains(res.String(), "first 1s left out") {
+		t.Fatalf("summary does not say what was left out: %s", res)
+	}
+	if _, err := Load(context.Background(), LoadConfig{Target: addr, WriteKey: "k", Duration: time.Second, Warmup: time.Second}); err == nil {
+		t.Fatal("a warm-up as long as the run was accepted")
+	}
+}
+
 func TestLoadBounds(t *testing.T) {
 	if _, err := Load(context.Background(), LoadConfig{Target: "127.0.0.1:1", WriteKey: "k"}); err == nil {
 		t.Fatal("a run without duration or count was accepted")

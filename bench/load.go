@@ -70,7 +70,13 @@ type LoadConfig struct {
 	// Drain bounds how long after Duration queued open-loop requests may
 	// still be sent. Default 30s.
 	Drain time.Duration
-	Event EventConfig
+	// Warmup leaves the requests due (open loop) or sent (closed loop) in
+	// the first Warmup of the run out of the latency histogram: new
+	// connections and cold goroutines on both sides cost the first second
+	// tens of milliseconds against any server, the fasthttp no-op one too.
+	// They are sent, counted and in the per-second series all the same.
+	Warmup time.Duration
+	Event  EventConfig
 }
 
 func (c LoadConfig) withDefaults() (LoadConfig, error) {
@@ -113,6 +119,8 @@ func (c LoadConfig) withDefaults() (LoadConfig, error) {
 		return c, fmt.Errorf("senders %d: want 1..10000", c.Senders)
 	case c.Rate < 0 || math.IsInf(c.Rate, 0) || math.IsNaN(c.Rate):
 		return c, fmt.Errorf("rate %g: want >= 0", c.Rate)
+	case c.Warmup < 0 || c.Duration > 0 && c.Warmup >= c.Duration:
+		return c, fmt.Errorf("warmup %s: want >= 0 and shorter than the duration", c.Warmup)
 	case c.Duration < 0 || c.Events < 0:
 		return c, fmt.Errorf("duration and events must not be negative")
 	case c.Duration == 0 && c.Events == 0:
@@ -208,7 +216,17 @@ func (r *LoadResult) String() string {
 	ms := func(q float64) float64 { return float64(r.Latency.ValueAtQuantile(q)) / 1000 }
 	return fmt.Sprintf("%s loop: %d events in %d requests, %v: %.0f events/s; latency ms p50 %.2f p90 %.2f p99 %.2f p99.9 %.2f max %.2f; retries %d, abandoned %d, not sent %d, statuses %v",
 		r.Mode, r.Events, r.Requests, r.Elapsed.Round(time.Millisecond), r.EventsPerSec, ms(50), ms(90), ms(99), ms(99.9),
-		float64(r.Latency.Max())/1000, r.Attempts-r.Requests-r.Abandoned, r.Abandoned, r.NotSent, r.Statuses)
+		float64(r.Latency.Max())/1000, r.Attempts-r.Requests-r.Abandoned, r.Abandoned, r.NotSent, r.Statuses) + r.warmupNote()
+}
+
+// warmupNote tells what the first second cost when a warm-up was left out
+// of the percentiles.
+func (r *LoadResult) warmupNote() string {
+	if r.Config.Warmup <= 0 || len(r.Series) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; first %v left out of the percentiles (first second: p99 %.2f ms, max %.2f ms)",
+		r.Config.Warmup, r.Series[0].P99Ms, r.Series[0].MaxMs)
 }
 
 // schedule is the request plan shared by closed and open loop: request k
@@ -345,12 +363,16 @@ func newRecorder(start time.Time) *recorder {
 	return &recorder{start: start, hist: hdrhistogram.New(1, latencyMaxMicros, 3), statuses: map[int]int64{}}
 }
 
-func (r *recorder) record(done time.Time, lat time.Duration, events int) {
+// record counts an acknowledged request; measured puts its latency in the
+// histogram (the series takes every one).
+func (r *recorder) record(done time.Time, lat time.Duration, events int, measured bool) {
 	us := max(1, min(lat.Microseconds(), latencyMaxMicros))
 	sec := int(done.Sub(r.start) / time.Second)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.hist.RecordValue(us)
+	if measured {
+		r.hist.RecordValue(us)
+	}
 	if sec >= 0 && sec < 24*3600 {
 		for len(r.secs) <= sec {
 			r.secs = append(r.secs, nil)
@@ -564,7 +586,7 @@ func Load(ctx context.Context, cfg LoadConfig) (*LoadResult, error) {
 					if mode == "open" {
 						from = it.intended
 					}
-					rec.record(done, done.Sub(from), it.n)
+					rec.record(done, done.Sub(from), it.n, from.Sub(start) >= cfg.Warmup)
 				} else {
 					abandoned.Add(1)
 					abMu.Lock()

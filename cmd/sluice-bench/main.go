@@ -95,6 +95,7 @@ func loadCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&c.Senders, "senders", 64, "concurrent senders (lanes)")
 	fs.Float64Var(&c.Rate, "rate", 0, "open loop at this many events/s (0: closed loop at max)")
 	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "how long to issue requests")
+	fs.DurationVar(&c.Warmup, "warmup", 0, "leave the requests of the run's first WARMUP out of the latency percentiles")
 	fs.Int64Var(&c.Events, "events", 0, "stop after this many events (0: no count limit)")
 	fs.DurationVar(&c.Timeout, "timeout", 30*time.Second, "per attempt")
 	fs.IntVar(&c.Event.Users, "users", 1000, "distinct users")
