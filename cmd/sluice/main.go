@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -81,6 +82,10 @@ func serveCmd(args []string, stderr io.Writer) int {
 		return 2
 	}
 	log := newLogger(cfg, stderr)
+	if n := procsFor(os.Getenv("GOMAXPROCS"), runtime.GOMAXPROCS(0), runtime.NumCPU()); n > 0 {
+		runtime.GOMAXPROCS(n)
+		log.Debug("GOMAXPROCS raised on a small machine", "gomaxprocs", n)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := serve(ctx, cfg, log); err != nil {
@@ -88,6 +93,24 @@ func serveCmd(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// procsFor returns the GOMAXPROCS to set, or 0 to keep the runtime's.
+// On a machine of 2 or 3 CPUs it doubles it: an index compaction then
+// holds one of the Ps for up to a second of CPU, and the goroutines that
+// answer requests (parse, commit, sync, reply: several hand-offs each)
+// queue behind it in 10 ms Go preemption slices; with more Ps than CPUs
+// the kernel interleaves them at its finer grain. Measured at 100k
+// events/s open loop on 2 CPUs: ingest p99 9.8-12.9 ms against
+// 11.9-16.8 ms, and the same closed-loop maximum. Left alone when
+// GOMAXPROCS is set, or when the runtime chose fewer Ps than CPUs (a
+// container CPU quota, which more running threads would only exhaust
+// sooner).
+func procsFor(env string, procs, cpus int) int {
+	if env != "" || procs != cpus || cpus < 2 || cpus > 3 {
+		return 0
+	}
+	return 2 * cpus
 }
 
 // findQuickstart returns the quick-start config's path: in the working
