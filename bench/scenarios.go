@@ -16,7 +16,7 @@ import (
 var scenarios = []Scenario{
 	{"ingest-max", "closed loop at max: 100-event batches and single /v1/track, against the fasthttp no-op and fasthttp+file ceilings (load generator overhead from the no-op)", ingestMax},
 	{"ingest-allocs", "allocations per request of the gateway: go test ./ingest -bench (ParseBatch100, ParseTrack, DurableBatch100)", ingestAllocs},
-	{"ingest-latency", "open loop at 25/50/75% of the measured ingest max; latency from the intended send time", ingestLatency},
+	{"ingest-latency", "open loop at 25/50/75% of the measured ingest max and at 100k events/s; latency from the intended send time", ingestLatency},
 	{"e2e-max", "ingest to a webhook sink, batch_size 1 and 100: events over first request to last delivery", e2eMax},
 	{"e2e-latency", "open loop at 50% of the e2e max (batch_size 100); delivery latency at the sink", e2eLatency},
 	{"poison-1pct", "1% of events refused 400 by the sink (named in a partial answer; whole batch refused) vs none, same load", poison},
@@ -203,14 +203,27 @@ func ingestLatency(ctx context.Context, sc *scenarioRun) error {
 	}
 	sc.summary["max_eps"] = maxEPS
 	sc.note("latency percentiles leave out each run's first %v (new connections; see LoadConfig.Warmup); *_first_second_p99_ms gives that second", latencyWarmup(sc))
-	for _, pct := range []int{25, 50, 75} {
+	// The shares of this run's max, then half the issue's 200k target: a
+	// fixed rate, comparable across machines and binaries.
+	for _, pct := range []int{25, 50, 75, 0} {
 		cfg := ingestLoad(sc.dur(10*time.Second, 2*time.Second) + latencyWarmup(sc))
 		cfg.Warmup = latencyWarmup(sc)
 		cfg.Rate = maxEPS * float64(pct) / 100
 		cfg.Drain = 10 * time.Second
-		p, err := sc.ingestPhase(ctx, fmt.Sprintf("open-%dpct", pct), cfg)
+		name := fmt.Sprintf("open-%dpct", pct)
+		if pct == 0 {
+			cfg.Rate, name = targetHalfEPS, "open-100k"
+		}
+		p, err := sc.ingestPhase(ctx, name, cfg)
 		if err != nil {
 			return err
+		}
+		if pct == 0 {
+			sc.summary["rate100k_p50_ms"] = p.Latency.P50
+			sc.summary["rate100k_p99_ms"] = p.Latency.P99
+			sc.summary["rate100k_p999_ms"] = p.Latency.P999
+			sc.summary["rate100k_achieved_eps"] = p.EventsPerSec
+			continue
 		}
 		if p.NotSent > 0 {
 			sc.note("open-%dpct: %d requests could not be sent before the hard stop: the rate was not sustained", pct, p.NotSent)
@@ -239,6 +252,10 @@ func ingestLatency(ctx context.Context, sc *scenarioRun) error {
 	}
 	return nil
 }
+
+// targetHalfEPS is half the ingest target of 200,000 events/s: where the
+// issue asks for p99 <= 10 ms.
+const targetHalfEPS = 100_000
 
 // latencyWarmup is the start of an open-loop latency run left out of its
 // percentiles.
@@ -789,6 +806,7 @@ type warmRun struct {
 func (sc *scenarioRun) warmup(ctx context.Context, cfg LoadConfig) (*warmRun, error) {
 	cfg.Duration = sc.dur(time.Second, 500*time.Millisecond)
 	cfg.Events = 0
+	cfg.Warmup = 0
 	cfg.Event.RunID = ""
 	lr, err := Load(ctx, cfg)
 	if err != nil {
