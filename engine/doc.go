@@ -64,14 +64,17 @@
 // A sealed segment is deleted whole once every cursor is past it. Entries
 // that still need one of its events (stragglers) first get a copy of the
 // frame in the index, in the same synced batch that drops the segment from
-// the manifest.
+// the manifest. Up to two deleted segments' files are kept, and one becomes
+// the next segment's file, renamed ahead of time (spare.go): overwriting
+// blocks is cheaper to fsync than allocating them, and a rotation only
+// writes a header and the synced manifest batch.
 //
 // # Recovery
 //
 // Open removes segment files the manifest does not name, scans the active
 // segment frame by frame and cuts it at the first bad frame (a torn tail,
 // beyond the last acknowledged record because acknowledgement follows
-// fsync), replays the log past the dedup checkpoint into the dedup index,
+// fsync; or, in a recycled file, the older segment's bytes), replays the log past the dedup checkpoint into the dedup index,
 // and loads cursors and entry counts from the index alone. The dedup
 // checkpoint moves with each dedup table, always to records already
 // fsynced: a log that ends before it lost acknowledged records (damage, a deleted file), which are reported
