@@ -57,9 +57,9 @@ type dedup struct {
 	window      time.Duration
 	genDur      time.Duration
 	filterBytes int
-	gens        map[uint32]*bloom.Filter
-	minGen      uint32 // generations below it are dropped
-	ckpt        uint64 // last seq whose key is in the index (committed batch)
+	gens        []genFilter // live generations' filters, newest first
+	minGen      uint32      // generations below it are dropped
+	ckpt        uint64      // last seq whose key is in the index (committed batch)
 	indexed     atomic.Uint64
 
 	// fresh holds the keys accepted since the last flush, by hash (the
@@ -87,8 +87,8 @@ type dedup struct {
 	flushEvery   int
 	flushMaxWait time.Duration
 
-	keyBuf []byte
-	digest *xxhash.Digest
+	keyBuf  []byte
+	hashBuf []byte
 
 	lookups, hits, indexGets, flushes uint64
 }
@@ -101,8 +101,6 @@ func newDedup(db *pebble.DB, o *Options, stageDir string, wopts sstable.WriterOp
 		wopts:    wopts,
 		enabled:  o.DedupWindow > 0,
 		window:   o.DedupWindow,
-		gens:     make(map[uint32]*bloom.Filter),
-		digest:   xxhash.New(),
 
 		fresh:        make(map[hash128]uint32),
 		flushing:     make(map[hash128]uint32),
@@ -131,21 +129,17 @@ type hash128 struct{ lo, hi uint64 }
 
 // hash returns the hash of (source, messageID): lo is xxhash64 of the pair,
 // hi xxhash64 of lo and the pair again (any two pairs whose lo collide
-// still differ in hi's input).
+// still differ in hi's input). The values are part of the index format.
+// Both inputs are laid out once in hashBuf: lo's 8 bytes, then the pair.
 func (d *dedup) hash(source, messageID []byte) hash128 {
-	d.digest.Reset()
-	d.digest.Write(source)
-	d.digest.Write([]byte{0})
-	d.digest.Write(messageID)
-	lo := d.digest.Sum64()
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], lo)
-	d.digest.Reset()
-	d.digest.Write(b[:])
-	d.digest.Write(source)
-	d.digest.Write([]byte{0})
-	d.digest.Write(messageID)
-	return hash128{lo: lo, hi: d.digest.Sum64()}
+	b := append(d.hashBuf[:0], 0, 0, 0, 0, 0, 0, 0, 0)
+	b = append(b, source...)
+	b = append(b, 0)
+	b = append(b, messageID...)
+	d.hashBuf = b
+	lo := xxhash.Sum64(b[8:])
+	binary.LittleEndian.PutUint64(b, lo)
+	return hash128{lo: lo, hi: xxhash.Sum64(b)}
 }
 
 // load restores the checkpoint and rebuilds the live generations' filters
@@ -182,12 +176,21 @@ func (d *dedup) load(now time.Time) error {
 	return it.Error()
 }
 
+// genFilter is one generation's Bloom filter.
+type genFilter struct {
+	gen uint32
+	f   *bloom.Filter
+}
+
 func (d *dedup) filter(gen uint32) *bloom.Filter {
-	f := d.gens[gen]
-	if f == nil {
-		f = bloom.New(d.filterBytes)
-		d.gens[gen] = f
+	for _, g := range d.gens {
+		if g.gen == gen {
+			return g.f
+		}
 	}
+	f := bloom.New(d.filterBytes)
+	d.gens = append(d.gens, genFilter{gen, f})
+	slices.SortFunc(d.gens, func(a, b genFilter) int { return cmp.Compare(b.gen, a.gen) })
 	return f
 }
 
@@ -203,11 +206,7 @@ func (d *dedup) expire(now time.Time) error {
 	if err := d.db.DeleteRange(dedupGenPrefix(0), dedupGenPrefix(min), pebble.NoSync); err != nil {
 		return fmt.Errorf("cannot drop dedup generations below %d: %w", min, err)
 	}
-	for g := range d.gens {
-		if g < min {
-			delete(d.gens, g)
-		}
-	}
+	d.gens = slices.DeleteFunc(d.gens, func(g genFilter) bool { return g.gen < min })
 	d.minGen = min
 	return nil
 }
@@ -254,8 +253,8 @@ func (d *dedup) seen(r *Record, seq uint64, now time.Time) (bool, error) {
 	d.lookups++
 	h := d.hash(r.Source, r.MessageID)
 	maybe := false
-	for gen, f := range d.gens {
-		if gen >= d.minGen && f.MayContain(h.lo) {
+	for _, g := range d.gens {
+		if g.gen >= d.minGen && g.f.MayContain(h.lo) {
 			maybe = true
 			break
 		}
@@ -282,12 +281,12 @@ func (d *dedup) known(h hash128) (bool, error) {
 		d.hits++
 		return true, nil
 	}
-	for gen, f := range d.gens {
-		if gen < d.minGen || !f.MayContain(h.lo) {
+	for _, g := range d.gens {
+		if g.gen < d.minGen || !g.f.MayContain(h.lo) {
 			continue
 		}
 		d.indexGets++
-		d.keyBuf = appendDedupKey(d.keyBuf[:0], gen, h)
+		d.keyBuf = appendDedupKey(d.keyBuf[:0], g.gen, h)
 		_, closer, err := d.db.Get(d.keyBuf)
 		if err == nil {
 			closer.Close()
