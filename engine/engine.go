@@ -45,7 +45,8 @@ type Engine struct {
 	// spareMu serializes preparing spares and guards free: reclaimed
 	// segment files kept for reuse. Taken before writeMu.
 	spareMu     sync.Mutex
-	free        []uint32
+	free        []keptFile
+	keptBytes   atomic.Int64 // on disk in free and the spare
 	spareWanted chan struct{}
 
 	// hwm is the last durable, readable seq. Readers never go past it.
@@ -313,6 +314,7 @@ func (e *Engine) drainLocked() bool {
 	j := <-e.syncDone
 	e.inflight = nil
 	if j.err != nil {
+		j.seg.recyclable.Store(false) // its frames may be in the file
 		err := e.breakLocked(j.err)
 		e.dedup.undo()
 		j.fail(err)
@@ -419,6 +421,7 @@ func (e *Engine) rotateLocked() error {
 		return err
 	}
 	seg := &segment{id: id, baseSeq: e.nextSeq}
+	seg.recyclable.Store(true)
 	seg.lastSeq.Store(e.nextSeq - 1)
 	seg.size.Store(segmentHeaderLen)
 	b := e.db.NewBatch()
@@ -429,6 +432,7 @@ func (e *Engine) rotateLocked() error {
 	b.Set(segmentKey(id), encodeManifest(seg), nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		f.Close()
+		e.removeFile(id)               // not in the manifest: a stray
 		e.nextID = max(e.nextID, id+1) // never reuse the id of a file that may exist
 		return fmt.Errorf("cannot record segment %d in manifest: %w", id, err)
 	}

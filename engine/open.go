@@ -304,8 +304,10 @@ func (e *Engine) scanTail(s *segment) error {
 	case herr == nil && h.id == s.id && h.baseSeq == s.baseSeq:
 	case st.Size() < segmentHeaderLen || herr == nil && h.id < s.id:
 		// A spare file (spare.go) whose header, written with the first
-		// group, was not synced: no record of it was acknowledged.
+		// group, was not synced: no record of it was acknowledged, and
+		// what it holds is an older segment's, or unacknowledged.
 		e.log.Info("active segment was never synced; it is empty", "segment", s.id)
+		return nil
 	default:
 		// The header is synced before any of the segment's records are
 		// acknowledged: it was damaged since. Its frames may still hold
@@ -314,18 +316,27 @@ func (e *Engine) scanTail(s *segment) error {
 		e.log.Error("active segment header invalid; scanning its frames anyway", "segment", s.id, "header_id", h.id, "header_base_seq", h.baseSeq, "err", herr)
 	}
 	// In a recycled file, an older segment's bytes follow what this one
-	// wrote; an older segment's header means this one wrote nothing synced.
-	recycled := herr == nil && (h.id == s.id && h.flags&headerRecycled != 0 || h.id < s.id)
+	// wrote.
+	recycled := herr == nil && h.flags&headerRecycled != 0
 	sc := newFrameScanner(f, s.baseSeq, segmentHeaderLen, st.Size(), e.opts.RecordBytesMax)
 	for {
-		_, err := sc.next(true)
+		rec, err := sc.next(true)
 		if err == io.EOF {
 			break
 		}
 		if err != nil && recycled {
-			// The end of what this segment wrote; an older segment's bytes
-			// (or an unacknowledged torn write over them) follow.
-			e.log.Info("active segment recovered; the rest of its recycled file is ignored", "segment", s.id, "offset", sc.off)
+			if rec.Seq > 0 && rec.Seq < s.baseSeq {
+				// A whole frame of the file's previous segment: the end
+				// of what this one wrote.
+				e.log.Debug("active segment ends where its recycled file's older frames start", "segment", s.id, "offset", sc.off)
+			} else {
+				// Usually the middle of an older frame; an unacknowledged
+				// torn write looks the same (and damage too: the dedup
+				// checkpoint's check in checkLogEnd still reports records
+				// lost before it). Not counted in TruncatedBytes: the
+				// older bytes are not a tail.
+				e.log.Info("active segment recovered; the rest of its recycled file is older data or an unacknowledged write", "segment", s.id, "offset", sc.off, "err", err)
+			}
 			break
 		}
 		if err != nil {

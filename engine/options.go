@@ -35,8 +35,9 @@ type Options struct {
 	// RecordBytesMax bounds one encoded record. Default 1 MiB.
 	RecordBytesMax int
 
-	// DiskBudgetBytes bounds segments plus index on disk; past it Append
-	// fails with ErrDiskBudget. Default 0: no budget.
+	// DiskBudgetBytes bounds segments (with reclaimed files kept for
+	// reuse, which are not kept past 90% of it) plus index on disk; past it
+	// Append fails with ErrDiskBudget. Default 0: no budget.
 	DiskBudgetBytes int64
 	// BacklogEventsMax bounds events between the slowest consumer's cursor
 	// and the log's end; past it Append fails with ErrBacklogFull.

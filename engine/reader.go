@@ -306,17 +306,17 @@ func (e *Engine) Read(seq uint64, pos Pos) (Record, error) {
 	e.segMu.RUnlock()
 	if s != nil {
 		rec, err := e.readFrame(s, pos.Offset())
+		if err == nil && rec.Seq != seq {
+			err = fmt.Errorf("frame at %s has seq %d, want %d: %w", pos, rec.Seq, seq, ErrCorrupt)
+		}
 		if err != nil {
 			e.segMu.RLock()
 			gone := findSegment(e.segments, pos.Segment()) == nil
 			e.segMu.RUnlock()
-			if gone { // reclaimed meanwhile: the straggler store has it
+			if gone { // reclaimed meanwhile (its file maybe reused): the straggler store has it
 				return e.Read(seq, pos)
 			}
-			return rec, err
-		}
-		if rec.Seq != seq {
-			return Record{}, fmt.Errorf("frame at %s has seq %d, want %d: %w", pos, rec.Seq, seq, ErrCorrupt)
+			return Record{}, err
 		}
 		return rec, nil
 	}

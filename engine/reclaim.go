@@ -151,7 +151,7 @@ func (e *Engine) deleteSegment(s *segment, consumers []*Consumer) error {
 	e.segMu.Unlock()
 	e.stats.stragglersMoved.Add(uint64(len(moved)))
 	e.stats.segmentsDeleted.Add(1)
-	e.retireFile(s.id)
+	e.retireFile(s)
 	return nil
 }
 
@@ -185,5 +185,5 @@ func (e *Engine) refreshDiskUsage() {
 		total += s.size.Load()
 	}
 	e.segMu.RUnlock()
-	e.diskUsage.Store(total + int64(e.db.Metrics().DiskSpaceUsage()))
+	e.diskUsage.Store(total + e.keptBytes.Load() + int64(e.db.Metrics().DiskSpaceUsage()))
 }

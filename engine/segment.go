@@ -44,6 +44,12 @@ type segment struct {
 	lastSeq atomic.Uint64
 	size    atomic.Int64
 	sealed  atomic.Bool
+	// recyclable: this process created the segment and no group failed in
+	// it, so every frame past its durable size is an older segment's
+	// (lower seqs). A failed group's frames may stay in the file with seqs
+	// that later records get again; segments loaded at Open are not known
+	// to be clean. Their files are removed, never reused (spare.go).
+	recyclable atomic.Bool
 }
 
 func (s *segment) records() uint64 { return s.lastSeq.Load() + 1 - s.baseSeq }

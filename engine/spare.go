@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
+	"os"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -39,23 +41,46 @@ const freeFilesMax = 2
 type spareFile struct {
 	id       uint32
 	file     vfs.File
+	size     int64 // on disk (a recycled file's older bytes)
 	recycled bool
 }
 
+// keptFile is a reclaimed segment's file kept for reuse.
+type keptFile struct {
+	id   uint32
+	size int64
+}
+
 // retireFile disposes of a reclaimed segment's file, no longer in the
-// manifest: kept for reuse, or removed.
-func (e *Engine) retireFile(id uint32) {
+// manifest: kept for reuse if the segment is recyclable, there is room
+// among the kept files and the disk budget (if any) is not nearly spent;
+// else removed.
+func (e *Engine) retireFile(s *segment) {
+	size := s.size.Load()
+	if st, err := e.fs.Stat(e.fs.PathJoin(e.logDir, segmentFileName(s.id))); err == nil {
+		size = st.Size()
+	}
+	budget := e.opts.DiskBudgetBytes
 	e.spareMu.Lock()
-	if len(e.free) < freeFilesMax {
-		e.free = append(e.free, id)
-		e.spareMu.Unlock()
+	keep := s.recyclable.Load() && len(e.free) < freeFilesMax &&
+		(budget == 0 || e.diskUsage.Load()+e.keptBytes.Load()+size <= budget/10*9)
+	if keep {
+		e.free = append(e.free, keptFile{s.id, size})
+		e.keptBytes.Add(size)
+	}
+	e.spareMu.Unlock()
+	if keep {
 		e.wantSpare()
 		return
 	}
-	e.spareMu.Unlock()
-	if err := e.fs.Remove(e.fs.PathJoin(e.logDir, segmentFileName(id))); err != nil {
-		// The manifest no longer names it; Open removes it as a stray.
-		e.log.Warn("cannot remove reclaimed segment file", "segment", id, "err", err)
+	e.removeFile(s.id)
+}
+
+// removeFile removes a segment file the manifest does not name; one left
+// behind is a stray that Open removes.
+func (e *Engine) removeFile(id uint32) {
+	if err := e.fs.Remove(e.fs.PathJoin(e.logDir, segmentFileName(id))); err != nil && !errors.Is(err, os.ErrNotExist) {
+		e.log.Warn("cannot remove segment file", "segment", id, "err", err)
 	}
 }
 
@@ -100,13 +125,16 @@ func (e *Engine) prepareSpare() error {
 	path := e.fs.PathJoin(e.logDir, segmentFileName(id))
 	var f vfs.File
 	var err error
+	var size int64 // kept bytes the spare takes over
 	recycled := len(e.free) > 0
 	if recycled {
-		n := len(e.free)
-		old := e.free[n-1]
-		e.free = e.free[:n-1]
-		if err = e.fs.Rename(e.fs.PathJoin(e.logDir, segmentFileName(old)), path); err != nil {
-			return fmt.Errorf("cannot recycle segment file %d as %d: %w", old, id, err)
+		old := e.free[len(e.free)-1]
+		e.free = e.free[:len(e.free)-1]
+		size = old.size
+		if err = e.fs.Rename(e.fs.PathJoin(e.logDir, segmentFileName(old.id)), path); err != nil {
+			e.keptBytes.Add(-size)
+			e.removeFile(old.id)
+			return fmt.Errorf("cannot recycle segment file %d as %d: %w", old.id, id, err)
 		}
 		f, err = e.fs.OpenReadWrite(path, vfs.WriteCategoryUnspecified)
 	} else {
@@ -119,7 +147,8 @@ func (e *Engine) prepareSpare() error {
 		if f != nil {
 			f.Close()
 		}
-		e.fs.Remove(path)
+		e.keptBytes.Add(-size)
+		e.removeFile(id)
 		return fmt.Errorf("cannot prepare segment file %d: %w", id, err)
 	}
 	e.writeMu.Lock()
@@ -127,14 +156,13 @@ func (e *Engine) prepareSpare() error {
 	// would come out of order.
 	ok := e.spare == nil && e.active != nil && id > e.active.id
 	if ok {
-		e.spare = &spareFile{id: id, file: f, recycled: recycled}
+		e.spare = &spareFile{id: id, file: f, size: size, recycled: recycled}
 	}
 	e.writeMu.Unlock()
 	if !ok {
 		f.Close()
-		if err := e.fs.Remove(path); err != nil {
-			e.log.Warn("cannot remove unused segment file", "segment", id, "err", err)
-		}
+		e.keptBytes.Add(-size)
+		e.removeFile(id)
 	}
 	return nil
 }
@@ -144,7 +172,10 @@ func (e *Engine) prepareSpare() error {
 func (e *Engine) dropSpareFiles() {
 	e.spareMu.Lock()
 	defer e.spareMu.Unlock()
-	ids := e.free
+	var ids []uint32
+	for _, k := range e.free {
+		ids = append(ids, k.id)
+	}
 	e.free = nil
 	e.writeMu.Lock()
 	if sp := e.spare; sp != nil {
@@ -153,10 +184,9 @@ func (e *Engine) dropSpareFiles() {
 		e.spare = nil
 	}
 	e.writeMu.Unlock()
+	e.keptBytes.Store(0)
 	for _, id := range ids {
-		if err := e.fs.Remove(e.fs.PathJoin(e.logDir, segmentFileName(id))); err != nil {
-			e.log.Warn("cannot remove spare segment file", "segment", id, "err", err)
-		}
+		e.removeFile(id)
 	}
 }
 
@@ -170,6 +200,7 @@ func (e *Engine) takeSpareLocked() (uint32, vfs.File, error) {
 		return 0, nil, nil
 	}
 	e.spare = nil
+	e.keptBytes.Add(-sp.size) // a segment's now, counted by its size
 	e.wantSpare()
 	var flags uint32
 	if sp.recycled {
@@ -177,6 +208,7 @@ func (e *Engine) takeSpareLocked() (uint32, vfs.File, error) {
 	}
 	if _, err := sp.file.Write(encodeSegmentHeader(sp.id, e.nextSeq, flags)); err != nil {
 		sp.file.Close()
+		e.removeFile(sp.id)
 		e.nextID = max(e.nextID, sp.id+1)
 		return 0, nil, fmt.Errorf("cannot write segment header %d: %w", sp.id, err)
 	}
