@@ -481,7 +481,9 @@ func e2eLatency(ctx context.Context, sc *scenarioRun) error {
 }
 
 func poison(ctx context.Context, sc *scenarioRun) error {
-	n := sc.count(300_000, 60_000)
+	// A million events: 5-7 s a phase at today's rates; with 300,000 (under
+	// 2 s) one phase's throughput swung by half between runs.
+	n := sc.count(1_000_000, 60_000)
 	phases := []struct {
 		name string
 		sink sink.Config
