@@ -38,17 +38,25 @@ func (f *recycleFixture) append(t *testing.T, n int) {
 	}
 }
 
-// openRecycling fills a few segments, lets a consumer pass them, reclaims
-// them and waits until a reclaimed file is the spare.
-func openRecycling(t *testing.T, fs vfs.FS) *recycleFixture {
+// openCaptured opens the engine on fs with the test options and a log
+// capture.
+func openCaptured(t *testing.T, fs vfs.FS) (*Engine, *logCapture) {
 	t.Helper()
 	logs := &logCapture{}
 	opts := testOptions(fs)
 	opts.Logger = logs.logger()
 	e, err := Open(opts)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("open: %v", err)
 	}
+	return e, logs
+}
+
+// openRecycling fills a few segments, lets a consumer pass them, reclaims
+// them and waits until a reclaimed file is the spare.
+func openRecycling(t *testing.T, fs vfs.FS) *recycleFixture {
+	t.Helper()
+	e, logs := openCaptured(t, fs)
 	f := &recycleFixture{e: e, logs: logs, acked: make(map[uint64][]byte)}
 	c := reclaimConsumer(t, e, "c")
 	for e.Stats().Segments < 5 {
@@ -90,13 +98,7 @@ func openRecycling(t *testing.T, fs vfs.FS) *recycleFixture {
 // started is there, no error or torn tail was reported, and appends go on.
 func (f *recycleFixture) check(t *testing.T, fs vfs.FS) {
 	t.Helper()
-	logs := &logCapture{}
-	opts := testOptions(fs)
-	opts.Logger = logs.logger()
-	e, err := Open(opts)
-	if err != nil {
-		t.Fatalf("reopen: %v", err)
-	}
+	e, logs := openCaptured(t, fs)
 	defer e.Close()
 	if st := e.Stats(); st.TruncatedBytes != 0 || st.LostRecords != 0 {
 		t.Errorf("reopen: truncated %d bytes, lost %d records; want none", st.TruncatedBytes, st.LostRecords)
@@ -289,5 +291,102 @@ func TestNeverSyncedSpareIsEmpty(t *testing.T) {
 	defer e2.Close()
 	if got := readAll(t, e2, first); len(got) != 0 {
 		t.Fatalf("segment %d recovered %d records (first %q) although its header is an older segment's", k, len(got), got[0].MessageID)
+	}
+}
+
+// TestSpareFailureFallsBack: when a kept file cannot be renamed into the
+// spare, the file is removed (not leaked, not counted), rotations create
+// their files themselves, and nothing acknowledged is lost.
+func TestSpareFailureFallsBack(t *testing.T) {
+	f := newFaultFS(func(op errorfs.Op) bool { return op.Kind == errorfs.OpRename && isSegment(op.Path) })
+	e, err := Open(testOptions(f.fs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := reclaimConsumer(t, e, "c")
+	for e.Stats().Segments < 4 {
+		appendN(t, e, "a", int(e.LastSeq()), 50)
+	}
+	reclaimAdvance(t, c, e.LastSeq()+1)
+	f.toggle.On()
+	reclaimOK(t, e)
+	// Take away any new spare (the spare loop may make one at any time),
+	// so that the next one must be a reclaimed file: its rename fails.
+	for range 10 {
+		e.writeMu.Lock()
+		if sp := e.spare; sp != nil {
+			if sp.recycled {
+				e.writeMu.Unlock()
+				t.Fatal("a spare was recycled although every rename fails")
+			}
+			e.spare = nil
+			sp.file.Close()
+			f.mem.Remove(f.mem.PathJoin(e.logDir, segmentFileName(sp.id)))
+		}
+		e.writeMu.Unlock()
+		e.prepareSpare() // fails while kept files remain
+	}
+	if f.hits.Load() == 0 {
+		t.Fatal("no rename was attempted: the test does not exercise the failure")
+	}
+	e.spareMu.Lock()
+	e.writeMu.Lock()
+	free, want := len(e.free), int64(0)
+	for _, k := range e.free {
+		want += k.size
+	}
+	if e.spare != nil {
+		want += e.spare.size
+	}
+	e.writeMu.Unlock()
+	e.spareMu.Unlock()
+	if free != 0 || e.keptBytes.Load() != want {
+		t.Fatalf("after failed renames: %d kept files, %d kept bytes counted, want none and %d", free, e.keptBytes.Load(), want)
+	}
+	first := e.LastSeq() + 1
+	for e.Stats().SegmentsCreated < 8 { // rotations without a recycled spare
+		appendN(t, e, "b", int(e.LastSeq()), 50)
+	}
+	last := e.LastSeq()
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if files, segs := reclaimFiles(t, f.mem), len(e.segments); files != segs {
+		t.Errorf("%d segment files after Close, manifest names %d: a file leaked", files, segs)
+	}
+	e2, logs := openCaptured(t, f.mem)
+	defer e2.Close()
+	if got := readAll(t, e2, first); uint64(len(got)) != last-first+1 {
+		t.Fatalf("read %d records after reopen, want %d; logs: %s", len(got), last-first+1, logs.all())
+	}
+}
+
+// TestRecycleRespectsDiskBudget: near the disk budget, reclaimed files are
+// removed rather than kept for reuse.
+func TestRecycleRespectsDiskBudget(t *testing.T) {
+	for _, tight := range []bool{false, true} {
+		fs := vfs.NewMem()
+		opts := testOptions(fs)
+		opts.DiskBudgetBytes = 1 << 40
+		e, err := Open(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := reclaimConsumer(t, e, "c")
+		for e.Stats().Segments < 5 {
+			appendN(t, e, "a", int(e.LastSeq()), 50)
+		}
+		reclaimAdvance(t, c, e.LastSeq()+1)
+		if tight {
+			e.opts.DiskBudgetBytes = e.diskUsage.Load() // any kept file would pass 90%
+		}
+		reclaimOK(t, e)
+		e.spareMu.Lock()
+		kept := len(e.free)
+		e.spareMu.Unlock()
+		if tight && kept != 0 || !tight && kept == 0 {
+			t.Errorf("tight budget %v: %d reclaimed files kept", tight, kept)
+		}
+		e.Close()
 	}
 }
