@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -985,8 +986,12 @@ func TestCoreOutage(t *testing.T) {
 				}
 			}
 			lastFailures := 0
+			var limitBefore, ewmaBefore float64 // AIMD's state before the outage
 			h.onComplete = func(h *harness, b *batch, s *send) {
 				hs := h.c.health
+				if !down(s.at) && h.now().Before(outageEnd) {
+					limitBefore, ewmaBefore = h.c.aimd.limit, h.c.aimd.ewma
+				}
 				// Only the first failure of an outage (the breaker opening)
 				// and failed probes move the backoff on; the failures of
 				// requests sent before the breaker opened say nothing new.
@@ -1025,6 +1030,18 @@ func TestCoreOutage(t *testing.T) {
 			})
 			if nonProbe > 0 {
 				t.Errorf("%d requests other than probes sent while the breaker was open", nonProbe)
+			}
+			// The requests that failed together cut the concurrency limit
+			// once, each failed probe once more (plus those sent after the
+			// first cut, before the breaker opened): the backlog does not
+			// drain one request at a time after the outage. The failures,
+			// however fast, did not teach AIMD a latency.
+			if want := limitBefore * math.Pow(0.9, float64(probeFailures+3)); h.c.aimd.limit < want {
+				t.Errorf("concurrency limit %.2f after the outage (%.2f before, %d failed probes), want at least %.2f",
+					h.c.aimd.limit, limitBefore, probeFailures, want)
+			}
+			if got := h.c.aimd.ewma; got < ewmaBefore*0.5 {
+				t.Errorf("latency average %v after the outage, %v before: failures fed it", got, ewmaBefore)
 			}
 			if len(probes) < 4 {
 				t.Errorf("%d probes in a 40s outage", len(probes))

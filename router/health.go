@@ -137,14 +137,22 @@ func (h *health) open(now time.Time, rnd Rand) {
 
 // aimd is adaptive request concurrency (as Vector's): the limit grows by
 // one while requests at the limit are as fast as usual, and shrinks by 10%
-// on throttling, errors or requests far slower than usual. Only requests
-// started after the limit last changed may raise it: those in flight when
-// it was cut say nothing about the new limit (and would undo the cut), and
-// the increase stays at one per round trip.
+// on throttling, errors or requests far slower than usual.
+//
+// A change is judged only by requests started after it: those in flight
+// when the limit was cut say nothing about the new limit. So the limit
+// rises at most by one per round trip, and falls at most once per round
+// trip: when a destination goes down, the dozens of requests in flight
+// that fail together cut it once, not to 1 (which would leave the backlog
+// to drain at one request at a time after the outage). The latency
+// average learns only from delivered requests: a fast refusal (an outage's
+// 503s) is not the destination's usual speed, and would make every healthy
+// request after it look slow.
 type aimd struct {
 	limit, max float64
-	ewma       float64   // latency moving average, seconds
-	changed    time.Time // when the limit last changed
+	ewma       float64   // latency moving average of delivered requests, seconds
+	raised     time.Time // when the limit last rose
+	cut        time.Time // when the limit last fell
 }
 
 func newAIMD(initial, max int) *aimd {
@@ -154,23 +162,28 @@ func newAIMD(initial, max int) *aimd {
 func (a *aimd) Limit() int { return max(1, int(a.limit)) }
 
 // observe records a request started at start and answered at now, with
-// inFlight requests out (itself included) when it was answered.
+// inFlight requests out (itself included) when it was answered; bad when
+// it was throttled or failed.
 func (a *aimd) observe(start, now time.Time, inFlight int, bad bool) {
 	l := now.Sub(start).Seconds()
-	slow := a.ewma > 0 && l > 2*a.ewma
-	if a.ewma == 0 {
-		a.ewma = l
-	} else {
-		a.ewma = 0.9*a.ewma + 0.1*l
+	slow := !bad && a.ewma > 0 && l > 2*a.ewma
+	if !bad {
+		if a.ewma == 0 {
+			a.ewma = l
+		} else {
+			a.ewma = 0.9*a.ewma + 0.1*l
+		}
 	}
 	switch {
 	case bad || slow:
-		a.limit = max(1, a.limit*0.9)
-		a.changed = now
-	case inFlight >= a.Limit() && l <= a.ewma*1.1 && !start.Before(a.changed):
+		if !start.Before(a.cut) {
+			a.limit = max(1, a.limit*0.9)
+			a.cut = now
+		}
+	case inFlight >= a.Limit() && l <= a.ewma*1.1 && !start.Before(a.raised) && !start.Before(a.cut):
 		if a.limit < a.max {
 			a.limit = min(a.max, a.limit+1)
-			a.changed = now
+			a.raised = now
 		}
 	}
 }
