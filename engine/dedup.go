@@ -364,11 +364,25 @@ func (d *dedup) startFlush(now time.Time) {
 	d.inFlight = true
 	d.flushes++
 	go func(keys []pendingKey, ckpt uint64) {
-		slices.SortFunc(keys, func(a, b pendingKey) int {
-			return cmp.Or(cmp.Compare(a.gen, b.gen), cmp.Compare(a.h.lo, b.h.lo), cmp.Compare(a.h.hi, b.h.hi))
-		})
+		sortPending(keys)
 		d.flushDone <- d.ingest(keys, ckpt)
 	}(d.flushKeys, d.flushSeq)
+}
+
+// sortPending sorts keys in the order of their index keys: by generation,
+// then hash. The comparison decides on the first field that differs (two
+// keys almost always differ in gen or lo), which makes the sort of a full
+// batch several times faster than comparing all three fields every time.
+func sortPending(keys []pendingKey) {
+	slices.SortFunc(keys, func(a, b pendingKey) int {
+		if a.gen != b.gen {
+			return cmp.Compare(a.gen, b.gen)
+		}
+		if a.h.lo != b.h.lo {
+			return cmp.Compare(a.h.lo, b.h.lo)
+		}
+		return cmp.Compare(a.h.hi, b.h.hi)
+	})
 }
 
 // ingest writes sorted keys and the checkpoint ckpt into a table and
