@@ -287,13 +287,17 @@ func BenchmarkScan(b *testing.B) {
 //   - seen/filter=saturated: the same with filters far past capacity, so
 //     every lookup also misses in the index (Pebble Get): the slow, exact
 //     path when the filters are overfull.
+//   - seen/fresh=200k: the same after 200,000 earlier keys still waiting in
+//     memory for the next index batch (a busy engine's state just before
+//     one): the waiting set and the filter no longer fit in the CPU cache.
 //   - append/dedup=on|off: Append of 100-event batches with dedup enabled or
 //     disabled (DedupWindow -1), without fsync (NoSyncData) so the CPU cost
 //     is not hidden under the disk's; the difference is dedup's share of
 //     the write path, index batch commit included.
 func BenchmarkDedupLookupAbsent(b *testing.B) {
-	b.Run("seen/filter=default", func(b *testing.B) { benchDedupSeen(b, 0) })
-	b.Run("seen/filter=saturated", func(b *testing.B) { benchDedupSeen(b, 1024) })
+	b.Run("seen/filter=default", func(b *testing.B) { benchDedupSeen(b, 0, 10_000, false) })
+	b.Run("seen/filter=saturated", func(b *testing.B) { benchDedupSeen(b, 1024, 10_000, false) })
+	b.Run("seen/fresh=200k", func(b *testing.B) { benchDedupSeen(b, 0, 200_000, true) })
 	for _, on := range []bool{true, false} {
 		b.Run(fmt.Sprintf("append/dedup=%s", map[bool]string{true: "on", false: "off"}[on]), func(b *testing.B) {
 			opts := benchOptions("")
@@ -307,12 +311,17 @@ func BenchmarkDedupLookupAbsent(b *testing.B) {
 	}
 }
 
-func benchDedupSeen(b *testing.B, filterBytes int) {
+func benchDedupSeen(b *testing.B, filterBytes, prior int, keepFresh bool) {
 	opts := benchOptions(b.TempDir())
 	opts.DedupFilterBytes = filterBytes
+	if keepFresh {
+		// The prior keys stay in memory, not yet in an index batch, as
+		// just before a busy engine's next batch.
+		opts.DedupIndexBatchKeys, opts.DedupIndexInterval = 1<<30, time.Hour
+	}
 	e := openEngineBench(b, opts)
 	defer e.Close()
-	const prior, group = 10_000, 1_000
+	const group = 1_000
 	recs := benchRecords(group, benchEventBytes)
 	for i := 0; i < prior; i += group {
 		setBenchIDs(recs, uint64(i))

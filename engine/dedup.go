@@ -66,7 +66,7 @@ type dedup struct {
 	// value is the generation); pending lists them in order of acceptance.
 	// pending[:committed] belong to groups whose records are stored, up to
 	// seq committedSeq; the rest to the group in progress, undone if it fails.
-	fresh        map[hash128]uint32
+	fresh        *keySet
 	pending      []pendingKey
 	base         int // keys accepted before pending[0] (gone to the index)
 	committed    int
@@ -78,7 +78,7 @@ type dedup struct {
 	// The batch being written in the background, if any: its keys (by hash
 	// and sorted), the seq it moves the checkpoint to, and where its result
 	// arrives.
-	flushing     map[hash128]uint32
+	flushing     *keySet
 	flushKeys    []pendingKey // pending[:committed] when the batch started
 	spare        []pendingKey // a free array for pending, when not nil
 	flushSeq     uint64
@@ -102,8 +102,8 @@ func newDedup(db *pebble.DB, o *Options, stageDir string, wopts sstable.WriterOp
 		enabled:  o.DedupWindow > 0,
 		window:   o.DedupWindow,
 
-		fresh:        make(map[hash128]uint32),
-		flushing:     make(map[hash128]uint32),
+		fresh:        newKeySet(),
+		flushing:     newKeySet(),
 		flushDone:    make(chan error, 1),
 		flushEvery:   o.DedupIndexBatchKeys,
 		flushMaxWait: o.DedupIndexInterval,
@@ -238,7 +238,7 @@ func (d *dedup) undo() { d.undoTo(d.base + d.committed) }
 func (d *dedup) undoTo(mark int) {
 	i := mark - d.base
 	for _, p := range d.pending[i:] {
-		delete(d.fresh, p.h)
+		d.fresh.Delete(p.h)
 	}
 	d.pending = d.pending[:i]
 }
@@ -266,18 +266,18 @@ func (d *dedup) seen(r *Record, seq uint64, now time.Time) (bool, error) {
 		}
 	}
 	gen := d.genOf(now)
-	d.fresh[h] = gen
+	d.fresh.Set(h, gen)
 	d.add(h, seq, gen)
 	return false, nil
 }
 
 // known looks h up in the keys not yet in the index, then in the index.
 func (d *dedup) known(h hash128) (bool, error) {
-	if gen, ok := d.fresh[h]; ok && gen >= d.minGen {
+	if gen, ok := d.fresh.Get(h); ok && gen >= d.minGen {
 		d.hits++
 		return true, nil
 	}
-	if gen, ok := d.flushing[h]; ok && gen >= d.minGen {
+	if gen, ok := d.flushing.Get(h); ok && gen >= d.minGen {
 		d.hits++
 		return true, nil
 	}
@@ -350,11 +350,11 @@ func (d *dedup) startFlush(now time.Time) {
 	// The committed keys move to flushing; those of a group prepared since
 	// stay fresh (undo may yet forget them).
 	d.fresh, d.flushing = d.flushing, d.fresh
-	clear(d.fresh)
+	d.fresh.Clear()
 	rest := d.pending[d.committed:]
 	for _, p := range rest {
-		d.fresh[p.h] = p.gen
-		delete(d.flushing, p.h)
+		d.fresh.Set(p.h, p.gen)
+		d.flushing.Delete(p.h)
 	}
 	d.pending = append(d.spare[:0], rest...)
 	d.spare = nil
@@ -434,18 +434,18 @@ func (d *dedup) flushed(err error) error {
 	if err == nil {
 		d.ckpt = d.flushSeq
 		d.indexed.Store(d.ckpt)
-		clear(d.flushing)
+		d.flushing.Clear()
 		d.spare, d.flushKeys = d.flushKeys[:0], nil
 		return nil
 	}
-	for h, gen := range d.flushing {
+	for h, gen := range d.flushing.All() {
 		// A key accepted again meanwhile (its generation expired while
 		// it was being written) keeps its newer generation.
-		if g, ok := d.fresh[h]; !ok || g < gen {
-			d.fresh[h] = gen
+		if g, ok := d.fresh.Get(h); !ok || g < gen {
+			d.fresh.Set(h, gen)
 		}
 	}
-	clear(d.flushing)
+	d.flushing.Clear()
 	d.retryAt = d.lastFlush.Add(d.flushMaxWait) // not at every group: once a wait
 	d.committed += len(d.flushKeys)
 	d.base -= len(d.flushKeys)
@@ -498,6 +498,6 @@ func (d *dedup) replay(r *Record, now time.Time) {
 		t = now
 	}
 	h, gen := d.hash(r.Source, r.MessageID), d.genOf(t)
-	d.fresh[h] = gen
+	d.fresh.Set(h, gen)
 	d.add(h, r.Seq, gen)
 }
