@@ -44,8 +44,8 @@ fuzz:
 
 # The engine benchmarks (every benchmark once, about 3 minutes, then the key
 # cells BENCHRUNS times, about 1 minute each), then every scenario against
-# the real binary once (about 5 minutes) and the report into BENCHMARKS.md:
-# about 10 minutes on the 2-core machine. Results go to bench/out/;
+# the real binary once (about 8 minutes) and the report into BENCHMARKS.md:
+# about 13 minutes on the 2-core machine. Results go to bench/out/;
 # BENCHMARKS.md says how to read them.
 bench: bench-engine bench-scenarios
 

@@ -15,6 +15,7 @@ import (
 
 var scenarios = []Scenario{
 	{"ingest-max", "closed loop at max: 100-event batches and single /v1/track, against the fasthttp no-op and fasthttp+file ceilings (load generator overhead from the no-op)", ingestMax},
+	{"ingest-sustained", "closed loop for 60 s (10-12 s elsewhere): dedup on vs off, and the fasthttp+file ceiling: what the dedup index costs once it has data to compact", ingestSustained},
 	{"ingest-allocs", "allocations per request of the gateway: go test ./ingest -bench (ParseBatch100, ParseTrack, DurableBatch100)", ingestAllocs},
 	{"ingest-latency", "open loop at 25/50/75% of the measured ingest max and at 100k events/s; latency from the intended send time", ingestLatency},
 	{"e2e-max", "ingest to a webhook sink, batch_size 1 and 100: events over first request to last delivery", e2eMax},
@@ -38,7 +39,12 @@ func ingestLoad(d time.Duration) LoadConfig {
 
 // ingestPhase runs load against a fresh sluice without destinations.
 func (sc *scenarioRun) ingestPhase(ctx context.Context, name string, cfg LoadConfig) (*Phase, error) {
-	s, _, err := sc.startSluice(ctx, name, "", "")
+	return sc.ingestPhaseWith(ctx, name, cfg, "")
+}
+
+// ingestPhaseWith is ingestPhase with extra top-level config YAML.
+func (sc *scenarioRun) ingestPhaseWith(ctx context.Context, name string, cfg LoadConfig, extra string) (*Phase, error) {
+	s, _, err := sc.startSluice(ctx, name, "", extra)
 	if err != nil {
 		return nil, err
 	}
@@ -166,6 +172,38 @@ func ingestMax(ctx context.Context, sc *scenarioRun) error {
 	if slT.Sluice != nil {
 		sc.summary["sluice_cpu_us_per_event_track"] = slT.Sluice.CPUMicrosPerEvent
 	}
+	return nil
+}
+
+// ingestSustained runs the ingest max for a minute: the dedup index's
+// compactions grow with the keys it holds, which 10 s phases from a fresh
+// data dir hardly show. Dedup off (a negative window) gives its cost.
+func ingestSustained(ctx context.Context, sc *scenarioRun) error {
+	load := ingestLoad(sc.dur(60*time.Second, 3*time.Second))
+	on, err := sc.ingestPhase(ctx, "sluice-dedup-on", load)
+	if err != nil {
+		return err
+	}
+	off, err := sc.ingestPhaseWith(ctx, "sluice-dedup-off", load, "engine:\n  dedup_window: -1s\n")
+	if err != nil {
+		return err
+	}
+	file, err := sc.ceilingPhase(ctx, "ceiling-file-batch100", CeilingFile, load)
+	if err != nil {
+		return err
+	}
+	on.ratio("file_ceiling", file.EventsPerSec)
+	off.ratio("file_ceiling", file.EventsPerSec)
+	sc.summary["sustained_eps"] = on.EventsPerSec
+	sc.summary["sustained_dedup_off_eps"] = off.EventsPerSec
+	sc.summary["sustained_file_ceiling_eps"] = file.EventsPerSec
+	sc.summary["sustained_over_file"] = ratio(on.EventsPerSec, file.EventsPerSec)
+	sc.summary["dedup_cost_pct"] = 100 * (1 - ratio(on.EventsPerSec, off.EventsPerSec))
+	if on.Sluice != nil && off.Sluice != nil {
+		sc.summary["sustained_cpu_us_per_event"] = on.Sluice.CPUMicrosPerEvent
+		sc.summary["sustained_dedup_off_cpu_us_per_event"] = off.Sluice.CPUMicrosPerEvent
+	}
+	sc.note("60 s phases from a fresh data dir; dedup off is `engine: dedup_window: -1s`")
 	return nil
 }
 
