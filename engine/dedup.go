@@ -1,66 +1,74 @@
 package engine
 
 import (
-	"bytes"
 	"cmp"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
+	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
-	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/sluice-cdi/sluice/engine/internal/bloom"
 )
 
 // dedup remembers (source, messageId) pairs for the dedup window.
 //
-// The index keys (0x0b gen hash) are the truth, with a 128-bit hash of
-// (source, messageId) standing for the pair: two different pairs collide
-// with odds around n²/2¹²⁹ (10⁻¹⁷ for 10¹¹ events in a window), and the keys
-// are a third of the size, which is most of the index's flush and
-// compaction work. Per-generation Bloom filters in memory (keyed by the
-// hash's low half) answer "absent" for almost every new event without
-// touching the index. Time is cut into generations of window/N; a generation
-// that leaves the window is dropped whole: its filter freed, its keys deleted
-// by one range tombstone.
+// A 128-bit hash of (source, messageId) stands for the pair: two different
+// pairs collide with odds around n²/2¹²⁹ (10⁻¹⁷ for 10¹¹ events in a
+// window). Time is cut into generations of window/N. Each generation has a
+// Bloom filter in memory (keyed by the hash's low half), which answers
+// "absent" for almost every new event without reading anything, and its
+// hashes on disk in dedup runs (dedupruns.go): immutable sorted files,
+// each named in the index (0x0e) with its generation. A generation that
+// leaves the window is dropped whole: its filter freed, its runs deleted.
 //
-// The index is written behind: accepted keys collect in memory (fresh) and
-// go to the index in large sorted batches, written by a background
-// goroutine while the committer goes on (flushing), each batch moving the
-// checkpoint (0x0c) to the last seq it covers. Lookups that a filter cannot
-// rule out consult those two sets before the index. One key at a time in
-// every group commit, random hashes cost a skiplist search from the top of
-// the memtable each (a fifth of the CPU under load); a sorted run of tens
-// of thousands lands a few nodes after the previous one. The batches are
-// unsynced: the segments holding the records are synced, and after a crash
-// Open replays the log past the checkpoint, so the index never misses a
-// stored event and never names one that is not stored. Reclaim keeps every
-// segment past the checkpoint (syncIndex).
+// Accepted keys collect in memory (fresh) and go to disk in large sorted
+// batches, written by a background goroutine while the committer goes on
+// (flushing): one new run per generation in the batch, synced, then named
+// in the index together with the checkpoint (0x0c), the last seq the
+// batch covers, in one synced index batch. After a crash Open replays the
+// log past the checkpoint, so the index never misses a stored event and
+// never names one that is not stored; Reclaim keeps every segment past the
+// checkpoint (syncIndex). Lookups that a filter cannot rule out consult
+// fresh and flushing, then the generation's runs, newest first.
+//
+// A second background goroutine merges a generation's newest runs into
+// one when together they reach half the next older run's size, so
+// that a generation keeps a few runs of geometrically growing size and
+// every key is rewritten a handful of times: a streaming merge of
+// fixed-width sorted keys, where the keys' compactions in Pebble (versions
+// 1 and 2 of the index kept them there) took a third of the engine's CPU
+// under sustained load. The merged run replaces its inputs in one synced
+// index batch; the inputs' files go once no merge reads them.
 //
 // Owned by the committer goroutine, and by whoever holds the engine's
-// writeMu (Open before the committer starts, Reclaim): not safe for
-// concurrent use, except indexed.
+// writeMu (Open before the committer starts, Reclaim, Close): not safe for
+// concurrent use, except the atomic fields.
 type dedup struct {
 	db          *pebble.DB
 	fs          vfs.FS
-	stageDir    string // where index batches are built before ingestion
-	wopts       sstable.WriterOptions
+	dir         string // the runs' files
+	log         *slog.Logger
 	enabled     bool
 	window      time.Duration
 	genDur      time.Duration
 	filterBytes int
-	gens        []genFilter // live generations' filters, newest first
+	gens        []*genIndex // live generations, newest first
 	minGen      uint32      // generations below it are dropped
-	ckpt        uint64      // last seq whose key is in the index (committed batch)
+	ckpt        uint64      // last seq whose key is in a run (committed batch)
 	indexed     atomic.Uint64
+	nextRun     atomic.Uint64 // the next run's id
+
+	// Live runs and their bytes; bytes written into runs (new and merged)
+	// and keys flushed, for the write amplification.
+	runCount, runBytes      atomic.Int64
+	runBytesWritten, keysIn atomic.Uint64
 
 	// fresh holds the keys accepted since the last flush, by hash (the
 	// value is the generation); pending lists them in order of acceptance.
@@ -82,29 +90,64 @@ type dedup struct {
 	flushKeys    []pendingKey // pending[:committed] when the batch started
 	spare        []pendingKey // a free array for pending, when not nil
 	flushSeq     uint64
-	flushDone    chan error
+	flushDone    chan flushResult
 	inFlight     bool
 	flushEvery   int
 	flushMaxWait time.Duration
 
-	keyBuf  []byte
+	// The merge in flight, if any, and its inputs; runs out of the lookups
+	// (merged or expired) wait in dropped until no merge reads them, then
+	// are closed and removed by goroutines in bg.
+	merging   bool
+	mergeIn   []*run
+	mergeDone chan mergeResult
+	dropped   []*run
+	stop      atomic.Bool // Close: merges stop early
+	bg        sync.WaitGroup
+
 	hashBuf []byte
 
-	lookups, hits, indexGets, flushes uint64
+	lookups, hits, indexGets, flushes, merges uint64
 }
 
-func newDedup(db *pebble.DB, o *Options, stageDir string, wopts sstable.WriterOptions) *dedup {
+// genIndex is one live generation: its Bloom filter and its runs.
+type genIndex struct {
+	gen  uint32
+	f    *bloom.Filter
+	runs []*run // newest first
+}
+
+type flushResult struct {
+	runs []*run
+	err  error
+}
+
+type mergeResult struct {
+	out *run
+	err error
+}
+
+// Merge policy: a generation's newest runs are merged once together they
+// hold at least 1/runMergeRatio of the next older run's keys, or when it
+// has more than runMaxPerGen runs.
+const (
+	runMergeRatio = 2
+	runMaxPerGen  = 8
+)
+
+func newDedup(db *pebble.DB, o *Options, dir string) *dedup {
 	d := &dedup{
-		db:       db,
-		fs:       o.FS,
-		stageDir: stageDir,
-		wopts:    wopts,
-		enabled:  o.DedupWindow > 0,
-		window:   o.DedupWindow,
+		db:      db,
+		fs:      o.FS,
+		dir:     dir,
+		log:     o.Logger,
+		enabled: o.DedupWindow > 0,
+		window:  o.DedupWindow,
 
 		fresh:        newKeySet(),
 		flushing:     newKeySet(),
-		flushDone:    make(chan error, 1),
+		flushDone:    make(chan flushResult, 1),
+		mergeDone:    make(chan mergeResult, 1),
 		flushEvery:   o.DedupIndexBatchKeys,
 		flushMaxWait: o.DedupIndexInterval,
 	}
@@ -117,11 +160,10 @@ func newDedup(db *pebble.DB, o *Options, stageDir string, wopts sstable.WriterOp
 
 func (d *dedup) genOf(t time.Time) uint32 { return uint32(t.UnixNano() / int64(d.genDur)) }
 
-// pendingKey is an accepted record's dedup key, not yet in the batch.
+// pendingKey is an accepted record's dedup key, not yet in a run.
 type pendingKey struct {
 	gen uint32
 	h   hash128
-	seq uint64
 }
 
 // hash128 is a 128-bit hash of (source, messageId).
@@ -142,8 +184,11 @@ func (d *dedup) hash(source, messageID []byte) hash128 {
 	return hash128{lo: lo, hi: xxhash.Sum64(b)}
 }
 
-// load restores the checkpoint and rebuilds the live generations' filters
-// from the index. Called by Open.
+// load restores the checkpoint, opens the live generations' runs and
+// rebuilds their filters; it drops the runs of expired generations and
+// removes files no run names. A run that cannot be read is dropped with
+// an error logged: its events' duplicates may be stored again, and
+// nothing else is lost. Called by Open.
 func (d *dedup) load(now time.Time) error {
 	if v, closer, err := d.db.Get(keyDedupCkpt); err == nil {
 		if len(v) == 8 {
@@ -161,37 +206,101 @@ func (d *dedup) load(now time.Time) error {
 	if err := d.expire(now); err != nil {
 		return err
 	}
-	it, err := d.db.NewIter(&pebble.IterOptions{LowerBound: dedupGenPrefix(d.minGen), UpperBound: []byte{prefixDedup + 1}})
+	type meta struct {
+		id  uint64
+		gen uint32
+		n   int
+	}
+	var metas []meta
+	it, err := d.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixDedupRun}, UpperBound: []byte{prefixDedupRun + 1}})
 	if err != nil {
-		return fmt.Errorf("cannot scan dedup index: %w", err)
+		return fmt.Errorf("cannot scan dedup runs: %w", err)
 	}
-	defer it.Close()
 	for it.First(); it.Valid(); it.Next() {
-		k := it.Key()
-		if len(k) != dedupKeyLen {
-			return fmt.Errorf("dedup key %x: %w", k, ErrCorrupt)
+		k, v := it.Key(), it.Value()
+		if len(k) != 9 || len(v) != 12 {
+			it.Close()
+			return fmt.Errorf("dedup run key %x: %w", k, ErrCorrupt)
 		}
-		d.filter(binary.BigEndian.Uint32(k[1:])).Add(binary.BigEndian.Uint64(k[5:]))
+		metas = append(metas, meta{binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint32(v), int(binary.BigEndian.Uint64(v[4:]))})
 	}
-	return it.Error()
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("cannot scan dedup runs: %w", err)
+	}
+	b := d.db.NewBatch()
+	defer b.Close()
+	live := make(map[uint64]bool)
+	for _, m := range metas { // oldest first
+		d.nextRun.Store(max(d.nextRun.Load(), m.id+1))
+		if m.gen < d.minGen {
+			if err := b.Delete(dedupRunKey(m.id), nil); err != nil {
+				return fmt.Errorf("cannot drop dedup run %d: %w", m.id, err)
+			}
+			continue
+		}
+		r, err := d.loadRun(m.id, m.gen, m.n)
+		if err != nil {
+			d.log.Error("dedup run unreadable: dropped; duplicates of its events may be stored again", "err", err)
+			if err := b.Delete(dedupRunKey(m.id), nil); err != nil {
+				return fmt.Errorf("cannot drop dedup run %d: %w", m.id, err)
+			}
+			continue
+		}
+		g := d.genIndex(r.gen)
+		g.runs = slices.Insert(g.runs, 0, r)
+		d.runCount.Add(1)
+		d.runBytes.Add(r.size)
+		live[r.id] = true
+	}
+	if !b.Empty() {
+		if err := b.Commit(pebble.Sync); err != nil {
+			return fmt.Errorf("cannot drop dedup runs: %w", err)
+		}
+	}
+	names, err := d.fs.List(d.dir)
+	if err != nil {
+		return fmt.Errorf("cannot list %s: %w", d.dir, err)
+	}
+	for _, name := range names {
+		if id, ok := parseRunFileName(name); ok && !live[id] {
+			if err := d.fs.Remove(d.fs.PathJoin(d.dir, name)); err != nil {
+				return fmt.Errorf("cannot remove stray dedup run %s: %w", name, err)
+			}
+		}
+	}
+	return nil
 }
 
-// genFilter is one generation's Bloom filter.
-type genFilter struct {
-	gen uint32
-	f   *bloom.Filter
+// loadRun opens a run named in the index and adds its keys to its
+// generation's filter.
+func (d *dedup) loadRun(id uint64, gen uint32, n int) (*run, error) {
+	r, err := openRun(d.fs, d.fs.PathJoin(d.dir, runFileName(id)), id)
+	if err != nil {
+		return nil, err
+	}
+	if r.gen != gen || r.n != n {
+		r.close()
+		return nil, fmt.Errorf("dedup run %s: generation %d with %d keys, the index says %d with %d: %w", r.path, r.gen, r.n, gen, n, ErrCorrupt)
+	}
+	f := d.genIndex(gen).f
+	if err := r.readAll(func(h hash128) { f.Add(h.lo) }); err != nil {
+		r.close()
+		return nil, err
+	}
+	return r, nil
 }
 
-func (d *dedup) filter(gen uint32) *bloom.Filter {
+// genIndex returns generation gen's index, created when missing.
+func (d *dedup) genIndex(gen uint32) *genIndex {
 	for _, g := range d.gens {
 		if g.gen == gen {
-			return g.f
+			return g
 		}
 	}
-	f := bloom.New(d.filterBytes)
-	d.gens = append(d.gens, genFilter{gen, f})
-	slices.SortFunc(d.gens, func(a, b genFilter) int { return cmp.Compare(b.gen, a.gen) })
-	return f
+	g := &genIndex{gen: gen, f: bloom.New(d.filterBytes)}
+	d.gens = append(d.gens, g)
+	slices.SortFunc(d.gens, func(a, b *genIndex) int { return cmp.Compare(b.gen, a.gen) })
+	return g
 }
 
 // expire drops generations that left the window.
@@ -203,25 +312,88 @@ func (d *dedup) expire(now time.Time) error {
 	if min <= d.minGen {
 		return nil
 	}
-	if err := d.db.DeleteRange(dedupGenPrefix(0), dedupGenPrefix(min), pebble.NoSync); err != nil {
-		return fmt.Errorf("cannot drop dedup generations below %d: %w", min, err)
-	}
-	d.gens = slices.DeleteFunc(d.gens, func(g genFilter) bool { return g.gen < min })
+	var gone []*run
+	d.gens = slices.DeleteFunc(d.gens, func(g *genIndex) bool {
+		if g.gen < min {
+			gone = append(gone, g.runs...)
+			return true
+		}
+		return false
+	})
 	d.minGen = min
-	return nil
+	return d.dropRuns(gone)
 }
 
-// poll collects a finished background index batch, if any.
+// dropRuns takes runs out of the index (they are out of the lookups
+// already) and schedules their files' removal. The deletion is not synced:
+// a run named in the index after a crash belongs to an expired generation
+// or a merged one's inputs, and load drops the first; for the second, see
+// merge.
+func (d *dedup) dropRuns(runs []*run) error {
+	if len(runs) == 0 {
+		return nil
+	}
+	b := d.db.NewBatch()
+	defer b.Close()
+	for _, r := range runs {
+		if err := b.Delete(dedupRunKey(r.id), nil); err != nil {
+			return fmt.Errorf("cannot drop dedup run %d: %w", r.id, err)
+		}
+	}
+	err := b.Commit(pebble.NoSync)
+	if err != nil {
+		err = fmt.Errorf("cannot drop dedup runs: %w", err)
+	}
+	d.retire(runs)
+	return err
+}
+
+// retire moves runs out of the lookups into dropped, and releases them.
+func (d *dedup) retire(runs []*run) {
+	for _, r := range runs {
+		d.runCount.Add(-1)
+		d.runBytes.Add(-r.size)
+	}
+	d.dropped = append(d.dropped, runs...)
+	d.release()
+}
+
+// release closes and removes the dropped runs no merge reads. A file
+// left behind by a crash is removed by the next load, as no run names it.
+func (d *dedup) release() {
+	d.dropped = slices.DeleteFunc(d.dropped, func(r *run) bool {
+		if d.merging && slices.Contains(d.mergeIn, r) {
+			return false
+		}
+		d.bg.Add(1)
+		go func() {
+			defer d.bg.Done()
+			r.close()
+			d.fs.Remove(r.path)
+		}()
+		return true
+	})
+}
+
+// poll collects a finished background index batch or merge, if any.
 func (d *dedup) poll() error {
-	if !d.inFlight {
-		return nil
+	if d.inFlight {
+		select {
+		case res := <-d.flushDone:
+			if err := d.flushed(res); err != nil {
+				return err
+			}
+		default:
+		}
 	}
-	select {
-	case err := <-d.flushDone:
-		return d.flushed(err)
-	default:
-		return nil
+	if d.merging {
+		select {
+		case res := <-d.mergeDone:
+			return d.merged(res)
+		default:
+		}
 	}
+	return nil
 }
 
 // mark is the position after the keys accepted so far: commitThrough(mark)
@@ -244,9 +416,8 @@ func (d *dedup) undoTo(mark int) {
 }
 
 // seen reports whether r duplicates an event stored before or accepted
-// earlier in this group; if not, it records r as accepted with sequence
-// number seq.
-func (d *dedup) seen(r *Record, seq uint64, now time.Time) (bool, error) {
+// earlier in this group; if not, it records r as accepted.
+func (d *dedup) seen(r *Record, now time.Time) (bool, error) {
 	if !d.enabled || len(r.MessageID) == 0 {
 		return false, nil
 	}
@@ -267,11 +438,12 @@ func (d *dedup) seen(r *Record, seq uint64, now time.Time) (bool, error) {
 	}
 	gen := d.genOf(now)
 	d.fresh.Set(h, gen)
-	d.add(h, seq, gen)
+	d.add(h, gen)
 	return false, nil
 }
 
-// known looks h up in the keys not yet in the index, then in the index.
+// known looks h up in the keys not yet in a run, then in the runs of the
+// generations whose filters may hold it.
 func (d *dedup) known(h hash128) (bool, error) {
 	if gen, ok := d.fresh.Get(h); ok && gen >= d.minGen {
 		d.hits++
@@ -285,25 +457,25 @@ func (d *dedup) known(h hash128) (bool, error) {
 		if g.gen < d.minGen || !g.f.MayContain(h.lo) {
 			continue
 		}
-		d.indexGets++
-		d.keyBuf = appendDedupKey(d.keyBuf[:0], g.gen, h)
-		_, closer, err := d.db.Get(d.keyBuf)
-		if err == nil {
-			closer.Close()
-			d.hits++
-			return true, nil
-		}
-		if !errors.Is(err, pebble.ErrNotFound) {
-			return false, fmt.Errorf("cannot look up dedup key: %w", err)
+		for _, r := range g.runs {
+			d.indexGets++
+			found, err := r.contains(h)
+			if err != nil {
+				return false, fmt.Errorf("cannot look up dedup key: %w", err)
+			}
+			if found {
+				d.hits++
+				return true, nil
+			}
 		}
 	}
 	return false, nil
 }
 
 // add puts a record's key in the filter and the pending keys.
-func (d *dedup) add(h hash128, seq uint64, gen uint32) {
-	d.filter(gen).Add(h.lo)
-	d.pending = append(d.pending, pendingKey{gen: gen, h: h, seq: seq})
+func (d *dedup) add(h hash128, gen uint32) {
+	d.genIndex(gen).f.Add(h.lo)
+	d.pending = append(d.pending, pendingKey{gen: gen, h: h})
 }
 
 // commitThrough marks the keys up to mark as belonging to stored records,
@@ -365,14 +537,15 @@ func (d *dedup) startFlush(now time.Time) {
 	d.flushes++
 	go func(keys []pendingKey, ckpt uint64) {
 		sortPending(keys)
-		d.flushDone <- d.ingest(keys, ckpt)
+		runs, err := d.writeBatch(keys, ckpt)
+		d.flushDone <- flushResult{runs, err}
 	}(d.flushKeys, d.flushSeq)
 }
 
-// sortPending sorts keys in the order of their index keys: by generation,
-// then hash. The comparison decides on the first field that differs (two
-// keys almost always differ in gen or lo), which makes the sort of a full
-// batch several times faster than comparing all three fields every time.
+// sortPending sorts keys by generation, then hash. The comparison decides
+// on the first field that differs (two keys almost always differ in gen
+// or lo), which makes the sort of a full batch several times faster than
+// comparing all three fields every time.
 func sortPending(keys []pendingKey) {
 	slices.SortFunc(keys, func(a, b pendingKey) int {
 		if a.gen != b.gen {
@@ -385,58 +558,111 @@ func sortPending(keys []pendingKey) {
 	})
 }
 
-// ingest writes sorted keys and the checkpoint ckpt into a table and
-// ingests it into the index: atomic and durable, and far cheaper than
-// inserting random keys into the memtable one by one, then flushing them.
-func (d *dedup) ingest(keys []pendingKey, ckpt uint64) error {
-	path := d.fs.PathJoin(d.stageDir, "dedup.sst")
-	f, err := d.fs.Create(path, vfs.WriteCategoryUnspecified)
-	if err != nil {
-		return fmt.Errorf("cannot create dedup table: %w", err)
-	}
-	w := sstable.NewWriter(objstorageprovider.NewFileWritable(f), d.wopts)
-	var key, prev []byte
-	var v [8]byte
-	for _, p := range keys {
-		key = appendDedupKey(key[:0], p.gen, p.h)
-		if bytes.Equal(key, prev) {
-			continue // the same event replayed twice
+// writeBatch writes sorted keys as one run per generation and names the
+// runs in the index with the checkpoint ckpt, in one synced batch.
+func (d *dedup) writeBatch(keys []pendingKey, ckpt uint64) ([]*run, error) {
+	var runs []*run
+	b := d.db.NewBatch()
+	defer b.Close()
+	err := func() error {
+		for i := 0; i < len(keys); {
+			gen, j := keys[i].gen, i
+			for j < len(keys) && keys[j].gen == gen {
+				j++
+			}
+			r, err := d.writeRun(gen, func(w *runWriter) error {
+				for _, p := range keys[i:j] {
+					if err := w.add(p.h); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			runs = append(runs, r)
+			if err := b.Set(dedupRunKey(r.id), runMeta(r), nil); err != nil {
+				return err
+			}
+			i = j
 		}
-		binary.BigEndian.PutUint64(v[:], p.seq)
-		if err = w.Set(key, v[:]); err != nil {
-			break
+		if err := syncDir(d.fs, d.dir); err != nil {
+			return err
 		}
-		prev = append(prev[:0], key...)
-	}
-	if err == nil {
+		var v [8]byte
 		binary.BigEndian.PutUint64(v[:], ckpt)
-		err = w.Set(keyDedupCkpt, v[:])
-	}
-	if cerr := w.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = d.db.Ingest(context.Background(), []string{path})
-	}
-	if rerr := d.fs.Remove(path); rerr != nil && err == nil && !errors.Is(rerr, os.ErrNotExist) {
-		err = rerr
-	}
+		if err := b.Set(keyDedupCkpt, v[:], nil); err != nil {
+			return err
+		}
+		return b.Commit(pebble.Sync)
+	}()
 	if err != nil {
-		return fmt.Errorf("cannot write dedup keys to the index: %w", err)
+		for _, r := range runs {
+			r.close()
+			d.fs.Remove(r.path)
+		}
+		return nil, fmt.Errorf("cannot write dedup keys to the index: %w", err)
 	}
-	return nil
+	d.keysIn.Add(uint64(len(keys)))
+	return runs, nil
+}
+
+// writeRun writes a new run of generation gen, its keys added by fill, and
+// opens it.
+func (d *dedup) writeRun(gen uint32, fill func(*runWriter) error) (*run, error) {
+	id := d.nextRun.Add(1) - 1
+	path := d.fs.PathJoin(d.dir, runFileName(id))
+	w, err := newRunWriter(d.fs, path, gen)
+	if err != nil {
+		return nil, err
+	}
+	if err := fill(w); err != nil {
+		w.abort()
+		return nil, err
+	}
+	size, err := w.finish()
+	if err != nil {
+		return nil, err
+	}
+	d.runBytesWritten.Add(uint64(size))
+	r, err := openRun(d.fs, path, id)
+	if err != nil {
+		d.fs.Remove(path)
+		return nil, err
+	}
+	return r, nil
+}
+
+func runMeta(r *run) []byte {
+	v := binary.BigEndian.AppendUint32(make([]byte, 0, 12), r.gen)
+	return binary.BigEndian.AppendUint64(v, uint64(r.n))
 }
 
 // flushed takes a background batch's result. On success the checkpoint
-// moves; on failure its keys return to the waiting ones for the next batch.
-func (d *dedup) flushed(err error) error {
+// moves and the new runs join the lookups; on failure its keys return to
+// the waiting ones for the next batch.
+func (d *dedup) flushed(res flushResult) error {
 	d.inFlight = false
-	if err == nil {
+	if res.err == nil {
 		d.ckpt = d.flushSeq
 		d.indexed.Store(d.ckpt)
 		d.flushing.Clear()
 		d.spare, d.flushKeys = d.flushKeys[:0], nil
-		return nil
+		var expired []*run
+		for _, r := range res.runs {
+			d.runCount.Add(1)
+			d.runBytes.Add(r.size)
+			if r.gen < d.minGen {
+				expired = append(expired, r)
+				continue
+			}
+			g := d.genIndex(r.gen)
+			g.runs = slices.Insert(g.runs, 0, r)
+		}
+		err := d.dropRuns(expired)
+		d.maybeMerge()
+		return err
 	}
 	for h, gen := range d.flushing.All() {
 		// A key accepted again meanwhile (its generation expired while
@@ -452,16 +678,111 @@ func (d *dedup) flushed(err error) error {
 	d.spare = d.pending[:0]
 	d.pending = append(d.flushKeys, d.pending...)
 	d.flushKeys = nil
-	return fmt.Errorf("cannot commit dedup keys: %w", err)
+	return fmt.Errorf("cannot commit dedup keys: %w", res.err)
 }
 
-// wait waits for the background batch in flight, if any, and takes its
-// result.
-func (d *dedup) wait() error {
-	if !d.inFlight {
-		return nil
+// pickMerge returns how many of a generation's newest runs (newest first)
+// to merge into one: all those up to the oldest run whose newer runs
+// together hold 1/runMergeRatio of its keys; 0 for none.
+func pickMerge(runs []*run) int {
+	k, sum := 0, 0
+	for j, r := range runs {
+		if j > 0 && sum*runMergeRatio >= r.n {
+			k = j + 1
+		}
+		sum += r.n
 	}
-	return d.flushed(<-d.flushDone)
+	if k < 2 && len(runs) > runMaxPerGen {
+		k = len(runs)
+	}
+	return k
+}
+
+// maybeMerge starts a merge in the background if a generation needs one
+// and none is running.
+func (d *dedup) maybeMerge() {
+	if d.merging || d.stop.Load() {
+		return
+	}
+	for _, g := range d.gens {
+		k := pickMerge(g.runs)
+		if k < 2 {
+			continue
+		}
+		in := slices.Clone(g.runs[:k])
+		d.merging, d.mergeIn = true, in
+		d.merges++
+		go func(gen uint32) {
+			out, err := d.merge(gen, in)
+			d.mergeDone <- mergeResult{out, err}
+		}(g.gen)
+		return
+	}
+}
+
+// merge writes the union of runs (all of generation gen) as a new run and
+// swaps it for them in the index, in one synced batch. A crash before the
+// batch leaves the inputs named and the output a stray file; after it,
+// the inputs are stray files. Load removes stray files either way.
+func (d *dedup) merge(gen uint32, runs []*run) (*run, error) {
+	out, err := d.writeRun(gen, func(w *runWriter) error { return mergeRuns(w, runs, &d.stop) })
+	if err != nil {
+		return nil, err
+	}
+	b := d.db.NewBatch()
+	defer b.Close()
+	err = syncDir(d.fs, d.dir)
+	if err == nil {
+		err = b.Set(dedupRunKey(out.id), runMeta(out), nil)
+	}
+	for _, r := range runs {
+		if err == nil {
+			err = b.Delete(dedupRunKey(r.id), nil)
+		}
+	}
+	if err == nil {
+		err = b.Commit(pebble.Sync)
+	}
+	if err != nil {
+		out.close()
+		d.fs.Remove(out.path)
+		return nil, err
+	}
+	return out, nil
+}
+
+// merged takes a merge's result: the output replaces its inputs in the
+// lookups (or is dropped at once if its generation expired meanwhile).
+// A failed merge leaves the inputs in place; the next batch tries again.
+func (d *dedup) merged(res mergeResult) error {
+	in := d.mergeIn
+	d.merging, d.mergeIn = false, nil
+	if res.err != nil {
+		d.release()
+		if errors.Is(res.err, errRunMergeStopped) {
+			return nil
+		}
+		return fmt.Errorf("cannot merge dedup runs: %w", res.err)
+	}
+	out := res.out
+	d.runCount.Add(1)
+	d.runBytes.Add(out.size)
+	var g *genIndex
+	for _, x := range d.gens {
+		if x.gen == out.gen {
+			g = x
+		}
+	}
+	if g == nil || out.gen < d.minGen {
+		d.release()
+		return d.dropRuns([]*run{out}) // the inputs went with their generation
+	}
+	at := slices.Index(g.runs, in[0])
+	g.runs = slices.DeleteFunc(g.runs, func(r *run) bool { return slices.Contains(in, r) })
+	g.runs = slices.Insert(g.runs, max(at, 0), out)
+	d.retire(in)
+	d.maybeMerge()
+	return nil
 }
 
 // idle reports whether no keys were committed, and no batch started, for
@@ -471,7 +792,7 @@ func (d *dedup) idle(now time.Time) bool {
 	return !d.inFlight && now.Sub(d.lastCommit) >= d.flushMaxWait && now.Sub(d.lastFlush) >= d.flushMaxWait
 }
 
-// sync writes every committed key to the index and waits: Reclaim calls it
+// sync writes every committed key to a run and waits: Reclaim calls it
 // before deleting a segment past the checkpoint, Close before closing.
 func (d *dedup) sync(now time.Time) error {
 	if d.inFlight {
@@ -483,9 +804,33 @@ func (d *dedup) sync(now time.Time) error {
 	if d.committed == 0 {
 		d.indexed.Store(d.committedSeq) // no key waits
 		return nil
-	} // sync runs between groups: any uncommitted key is stale
+	}
 	d.startFlush(now)
 	return d.flushed(<-d.flushDone)
+}
+
+// close stops background work: it waits for the batch in flight, stops
+// a merge and waits for it and for file removals, and closes the runs.
+// Keys not yet in a run are not written: sync does that.
+func (d *dedup) close() error {
+	d.stop.Store(true)
+	var err error
+	if d.inFlight {
+		err = d.flushed(<-d.flushDone)
+	}
+	if d.merging {
+		if merr := d.merged(<-d.mergeDone); err == nil {
+			err = merr
+		}
+	}
+	d.bg.Wait()
+	for _, g := range d.gens {
+		for _, r := range g.runs {
+			r.close()
+		}
+	}
+	d.gens = nil
+	return err
 }
 
 // replay adds the key of a record found in the log past the checkpoint.
@@ -499,5 +844,5 @@ func (d *dedup) replay(r *Record, now time.Time) {
 	}
 	h, gen := d.hash(r.Source, r.MessageID), d.genOf(t)
 	d.fresh.Set(h, gen)
-	d.add(h, r.Seq, gen)
+	d.add(h, gen)
 }

@@ -27,7 +27,7 @@
 //	  log/0000000001.seg   segment files (segment.go: header; record.go: frames)
 //	  log/0000000002.seg
 //	  index/               Pebble (keys.go: key layout)
-//	  index-stage/         a dedup table being built, before ingestion
+//	  dedup/0000000000000001.run  dedup runs: sorted keys of one generation (dedupruns.go)
 //
 // A segment frame:
 //
@@ -40,13 +40,15 @@
 //
 // The index holds the segment manifest, consumers and their cursors,
 // exception entries (failed, skipped, aborted) with their secondary indexes
-// (due time, ordering key), barriers, straggler copies, the dedup keys and
-// the dedup checkpoint (keys.go has the layout). Integers in keys are
-// big-endian. The segment format version (1) is in every segment header, the
-// index version (2) in the index under 0x01 'v'; every layout marked "frozen"
-// changes only with a new version. Version 2 keys the dedup index by a
-// 128-bit hash of (source, messageId) instead of the pair itself; Open
-// migrates a version 1 index by dropping its dedup keys and rebuilding them
+// (due time, ordering key), barriers, straggler copies, the names of the
+// dedup runs and the dedup checkpoint (keys.go has the layout). Integers in
+// keys are big-endian. The segment format version (1) is in every segment
+// header, the index version (3) in the index under 0x01 'v'; every layout
+// marked "frozen" changes only with a new version. Version 1 kept dedup keys
+// in Pebble by (source, messageId), version 2 by generation and a 128-bit
+// hash; version 3 keeps the hashes in dedup runs, files of fixed-width
+// sorted keys (dedupruns.go) that the engine merges itself. Open migrates
+// versions 1 and 2 by dropping their dedup keys and rebuilding the runs
 // from the retained log.
 //
 // # Consumers and the three queues
@@ -76,7 +78,7 @@
 // beyond the last acknowledged record because acknowledgement follows
 // fsync; or, in a recycled file, the older segment's bytes), replays the log past the dedup checkpoint into the dedup index,
 // and loads cursors and entry counts from the index alone. The dedup
-// checkpoint moves with each dedup table, always to records already
+// checkpoint moves with each batch of dedup runs, always to records already
 // fsynced: a log that ends before it lost acknowledged records (damage, a deleted file), which are reported
 // (Stats.LostRecords) and whose seqs are never reused. It always starts
 // a fresh active segment. Corruption inside a sealed segment is found when

@@ -280,7 +280,7 @@ func (e *Engine) prepareLocked(group []*appendReq) *syncJob {
 	for _, req := range group {
 		for i := range req.recs {
 			r := &req.recs[i]
-			dup, err := e.dedup.seen(r, seq, j.now)
+			dup, err := e.dedup.seen(r, j.now)
 			if err != nil {
 				e.dedup.undoTo(start)
 				j.fail(fmt.Errorf("cannot append: %w: %w", ErrUnavailable, err))
@@ -501,6 +501,9 @@ func (e *Engine) Close() error {
 		e.writeMu.Lock()
 		if serr := e.dedup.sync(e.opts.Now()); serr != nil {
 			err = serr
+		}
+		if cerr := e.dedup.close(); cerr != nil && err == nil {
+			err = cerr
 		}
 		if e.file != nil {
 			if cerr := e.file.Close(); cerr != nil {

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -158,20 +159,34 @@ func TestDedup(t *testing.T) {
 	}
 }
 
-// An index of version 1 (dedup keyed by source and messageId) is migrated
-// on Open: its dedup keys and checkpoint go, the version becomes 2, and the
-// dedup index is rebuilt from the log, so events stored before the upgrade
-// are still recognised as duplicates. An unknown version is refused.
-func TestIndexMigrationFromVersion1(t *testing.T) {
+// An index of version 1 (dedup keys by source and messageId) or 2 (by
+// generation and hash, in Pebble) is migrated on Open: its dedup keys and
+// checkpoint go, the version becomes 3, and the dedup runs are rebuilt from
+// the log, so events stored before the upgrade are still recognised as
+// duplicates. An unknown version is refused.
+func TestIndexMigration(t *testing.T) {
+	for _, from := range []byte{1, 2} {
+		t.Run(fmt.Sprintf("from-version-%d", from), func(t *testing.T) { testIndexMigration(t, from) })
+	}
+}
+
+func testIndexMigration(t *testing.T, from byte) {
 	fs := vfs.NewMem()
 	e := openTest(t, fs)
 	appendN(t, e, "a", 0, 50)
-	// Make it look like version 1: its version, and a key of the old shape.
+	// Make it look like the old version: its version, a key of the old
+	// shape, and no dedup runs.
 	old := append([]byte{prefixDedup, 0, 0, 0, 1, 3}, "webmsg-old"...)
+	if from == 2 {
+		old = append([]byte{prefixDedup, 0, 0, 1, 7}, bytes.Repeat([]byte{9}, 16)...)
+	}
+	if err := e.db.DeleteRange([]byte{prefixDedupRun}, []byte{prefixDedupRun + 1}, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
 	if err := e.db.Set(old, make([]byte, 8), pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.db.Set(keyVersion, []byte{0, 0, 0, 1}, pebble.Sync); err != nil {
+	if err := e.db.Set(keyVersion, []byte{0, 0, 0, from}, pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
 	e.Close()
@@ -184,7 +199,7 @@ func TestIndexMigrationFromVersion1(t *testing.T) {
 	closer.Close()
 	if _, closer, err := e.db.Get(old); err == nil {
 		closer.Close()
-		t.Fatal("a version 1 dedup key survived the migration")
+		t.Fatalf("a version %d dedup key survived the migration", from)
 	}
 	var again []Record
 	for i := range 50 {

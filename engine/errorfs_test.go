@@ -220,6 +220,11 @@ func TestErrorFSRotationFailure(t *testing.T) {
 			f := newFaultFS(func(op errorfs.Op) bool { return armed.Load() && tc.match(op) })
 			f.toggle.On()
 			e, _ := openLogged(t, f.fs)
+			// The spare file Open asked for is made in the background:
+			// wait for it and drop it, so that the next rotation creates
+			// its file (and the next spare) while the faults are armed.
+			waitSpare(t, e)
+			e.dropSpareFiles()
 			segs := e.Stats().SegmentsCreated
 			armed.Store(true)
 			// Fill segments until an append needs a new one.
@@ -255,6 +260,20 @@ func TestErrorFSRotationFailure(t *testing.T) {
 			checkRecovered(t, f, e, acked, failed)
 		})
 	}
+}
+
+// waitSpare waits until the engine has a spare segment file ready.
+func waitSpare(t *testing.T, e *Engine) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		e.writeMu.Lock()
+		ready := e.spare != nil
+		e.writeMu.Unlock()
+		if ready {
+			return
+		}
+	}
+	t.Fatal("no spare segment file after 10s")
 }
 
 // headerWrites matches writes to segment files created while it is
@@ -573,7 +592,7 @@ func TestErrorFSRandomFaults(t *testing.T) {
 // keys go to the index once the disk works again.
 func TestErrorFSDedupIndexBatchFailure(t *testing.T) {
 	f := newFaultFS(func(op errorfs.Op) bool {
-		return strings.HasPrefix(op.Path, "/data/index-stage/") && op.Kind.ReadOrWrite() == errorfs.OpIsWrite
+		return strings.HasPrefix(op.Path, "/data/dedup/") && op.Kind.ReadOrWrite() == errorfs.OpIsWrite
 	})
 	e, logs := openLogged(t, f.fs) // index batches of 100 keys
 	f.toggle.On()

@@ -2,8 +2,8 @@ package engine
 
 import "encoding/binary"
 
-// Index key layout (Pebble), frozen for index version 2 (version 1 keyed
-// the dedup index by source and messageId; Open migrates it). Integers are
+// Index key layout (Pebble), frozen for index version 3 (versions 1 and 2
+// kept dedup keys in Pebble, 0x0b; Open migrates them). Integers are
 // big-endian so that keys sort numerically. cid is a consumer's 4-byte id.
 //
 //	0x01 'v'                                → index version (u32)
@@ -17,10 +17,10 @@ import "encoding/binary"
 //	0x09 cid seq u64                        → entry (aborted: the dead letters)
 //	0x0a seq u64                            → frame of a straggler moved out of
 //	                                          a deleted segment
-//	0x0b gen u32 hash [16]byte              → seq u64: the dedup index (hash:
-//	                                          128 bits of source and messageId)
+//	0x0b                                    → (versions 1 and 2: dedup keys)
 //	0x0c                                    → dedup checkpoint: seq u64
 //	0x0d                                    → next consumer id (u32)
+//	0x0e id u64                             → dedup run: gen u32 | entries u64
 const (
 	prefixVersion    = 0x01
 	prefixSegment    = 0x02
@@ -35,13 +35,14 @@ const (
 	prefixDedup      = 0x0b
 	prefixDedupCkpt  = 0x0c
 	prefixConsumerID = 0x0d
+	prefixDedupRun   = 0x0e
 )
 
 // segmentVersion is stored in every segment header; indexVersion under
 // keyVersion.
 const (
 	segmentVersion = 1
-	indexVersion   = 2
+	indexVersion   = 3
 )
 
 var (
@@ -96,20 +97,8 @@ func stragglerKey(seq uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte{prefixStraggler}, seq)
 }
 
-// dedupKeyLen is the length of a dedup key.
-const dedupKeyLen = 1 + 4 + 16
-
-// appendDedupKey appends the dedup key of an event of generation gen whose
-// (source, messageId) hashes to h to dst.
-func appendDedupKey(dst []byte, gen uint32, h hash128) []byte {
-	dst = append(dst, prefixDedup)
-	dst = binary.BigEndian.AppendUint32(dst, gen)
-	dst = binary.BigEndian.AppendUint64(dst, h.lo)
-	return binary.BigEndian.AppendUint64(dst, h.hi)
-}
-
-func dedupGenPrefix(gen uint32) []byte {
-	return binary.BigEndian.AppendUint32([]byte{prefixDedup}, gen)
+func dedupRunKey(id uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{prefixDedupRun}, id)
 }
 
 // prefixEnd returns the smallest key greater than every key with prefix p.

@@ -23,8 +23,12 @@ func Open(opts Options) (*Engine, error) {
 	}
 	fs := o.FS
 	logDir, idxDir := fs.PathJoin(o.Dir, "log"), fs.PathJoin(o.Dir, "index")
-	stageDir := fs.PathJoin(o.Dir, "index-stage") // dedup tables before ingestion
-	for _, d := range []string{o.Dir, logDir, idxDir, stageDir} {
+	dedupDir := fs.PathJoin(o.Dir, "dedup")
+	// Index versions 1 and 2 built dedup tables here before ingesting them.
+	if err := fs.RemoveAll(fs.PathJoin(o.Dir, "index-stage")); err != nil {
+		return nil, fmt.Errorf("cannot remove the old index-stage directory: %w", err)
+	}
+	for _, d := range []string{o.Dir, logDir, idxDir, dedupDir} {
 		if err := mkdirAllSynced(fs, d); err != nil {
 			return nil, err
 		}
@@ -36,17 +40,7 @@ func Open(opts Options) (*Engine, error) {
 		Cache:        cache,
 		MemTableSize: o.IndexMemTableBytes,
 		Logger:       pebbleLogger{o.Logger},
-		// Dedup tables are ingested into L0, each spanning the whole key
-		// space, and each L0 compaction rewrites the dedup keys of the
-		// base level: letting more of them gather first cuts that work,
-		// and costs reads little (the Bloom filters in memory answer
-		// almost every lookup).
-		L0CompactionThreshold: 8,
-		L0StopWritesThreshold: 32,
 	}
-	// The bulk of the index is dedup keys: random message ids that do not
-	// compress; compressing them only costs the compactions CPU.
-	popts.ApplyCompressionSettings(func() pebble.DBCompressionSettings { return pebble.DBCompressionNone })
 	db, err := pebble.Open(idxDir, popts)
 	if err != nil {
 		return nil, fmt.Errorf("cannot open index %s: %w", idxDir, err)
@@ -67,9 +61,9 @@ func Open(opts Options) (*Engine, error) {
 		nextID:      1,
 		nextSeq:     1,
 	}
-	e.dedup = newDedup(db, &o, stageDir, popts.MakeWriterOptions(0, db.TableFormat()))
+	e.dedup = newDedup(db, &o, dedupDir)
 	if err := e.recover(); err != nil {
-		e.dedup.wait() // replay may have started a background batch
+		e.dedup.close() // replay may have started a background batch
 		db.Close()
 		return nil, err
 	}
@@ -192,11 +186,12 @@ func (e *Engine) checkVersion() error {
 	switch {
 	case ok && got == indexVersion:
 		return nil
-	case ok && got == 1:
-		// Version 1 keyed the dedup index by source and messageId. Drop
-		// those keys and the checkpoint in one synced batch: recovery then
-		// rebuilds the index from every retained segment (recoverDedup
-		// replays the log past the checkpoint), in the new layout.
+	case ok && (got == 1 || got == 2):
+		// Versions 1 and 2 kept the dedup keys in Pebble (keyed by source
+		// and messageId, then by generation and hash). Drop them and the
+		// checkpoint in one synced batch: recovery then rebuilds the index
+		// from every retained segment (recoverDedup replays the log past
+		// the checkpoint), as dedup runs.
 		b := e.db.NewBatch()
 		defer b.Close()
 		if err := b.DeleteRange([]byte{prefixDedup}, []byte{prefixDedup + 1}, nil); err != nil {
@@ -211,7 +206,7 @@ func (e *Engine) checkVersion() error {
 		if err := b.Commit(pebble.Sync); err != nil {
 			return fmt.Errorf("cannot migrate index: %w", err)
 		}
-		e.log.Info("index migrated to version 2; the dedup index is rebuilt from the log", "from_version", 1)
+		e.log.Info("index migrated; the dedup index is rebuilt from the log", "from_version", got, "to_version", indexVersion)
 		return nil
 	}
 	return fmt.Errorf("index version %s, want %d: %w", raw, indexVersion, ErrCorrupt)

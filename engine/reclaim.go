@@ -185,5 +185,5 @@ func (e *Engine) refreshDiskUsage() {
 		total += s.size.Load()
 	}
 	e.segMu.RUnlock()
-	e.diskUsage.Store(total + e.keptBytes.Load() + int64(e.db.Metrics().DiskSpaceUsage()))
+	e.diskUsage.Store(total + e.keptBytes.Load() + int64(e.db.Metrics().DiskSpaceUsage()) + e.dedup.runBytes.Load())
 }

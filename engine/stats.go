@@ -44,6 +44,12 @@ type Stats struct {
 	SegmentsRecycled uint64
 	// IndexWriteAmp is Pebble's write amplification.
 	IndexWriteAmp float64
+	// DedupRuns and DedupRunBytes describe the dedup runs on disk (their
+	// bytes are part of IndexBytes); DedupWriteAmp is the bytes written
+	// into runs, new and merged, over the bytes of the keys indexed.
+	DedupRuns     int
+	DedupRunBytes int64
+	DedupWriteAmp float64
 	// Healthy is false while appends fail (a write error not yet repaired).
 	Healthy   bool
 	Consumers []ConsumerStats
@@ -85,7 +91,12 @@ func (e *Engine) Stats() Stats {
 	st.Healthy = e.broken == nil
 	e.writeMu.Unlock()
 	m := e.db.Metrics()
-	st.IndexBytes = int64(m.DiskSpaceUsage())
+	st.DedupRuns = int(e.dedup.runCount.Load())
+	st.DedupRunBytes = e.dedup.runBytes.Load()
+	if in := e.dedup.keysIn.Load(); in > 0 {
+		st.DedupWriteAmp = float64(e.dedup.runBytesWritten.Load()) / float64(in*runEntryBytes)
+	}
+	st.IndexBytes = int64(m.DiskSpaceUsage()) + st.DedupRunBytes
 	total := m.Total()
 	st.IndexWriteAmp = total.WriteAmp()
 	e.segMu.RLock()

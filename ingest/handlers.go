@@ -161,7 +161,7 @@ func writeEngineMetrics(w fmtWriter, st engine.Stats) {
 	}
 	g("gauge", "sluice_engine_segments", "Segment files on disk.", st.Segments)
 	g("gauge", "sluice_engine_segment_bytes", "Bytes in segment files.", st.SegmentBytes)
-	g("gauge", "sluice_engine_index_bytes", "Bytes in the Pebble index.", st.IndexBytes)
+	g("gauge", "sluice_engine_index_bytes", "Bytes in the index: Pebble and the dedup runs.", st.IndexBytes)
 	g("gauge", "sluice_engine_last_seq", "Durable high-water mark.", st.LastSeq)
 	g("counter", "sluice_engine_group_commits_total", "Group commits (one write and fsync each).", st.Groups)
 	g("counter", "sluice_engine_group_records_total", "Records committed in groups.", st.GroupRecords)
@@ -173,6 +173,9 @@ func writeEngineMetrics(w fmtWriter, st engine.Stats) {
 	g("counter", "sluice_engine_segments_deleted_total", "Segments reclaimed.", st.SegmentsDeleted)
 	g("counter", "sluice_engine_segments_recycled_total", "Segments started in a reclaimed segment's file.", st.SegmentsRecycled)
 	g("gauge", "sluice_engine_index_write_amplification", "Pebble write amplification.", st.IndexWriteAmp)
+	g("gauge", "sluice_engine_dedup_runs", "Dedup runs (sorted files of dedup keys) on disk.", st.DedupRuns)
+	g("gauge", "sluice_engine_dedup_run_bytes", "Bytes in dedup runs (part of sluice_engine_index_bytes).", st.DedupRunBytes)
+	g("gauge", "sluice_engine_dedup_write_amplification", "Bytes written into dedup runs (new and merged) over the bytes of the keys indexed.", st.DedupWriteAmp)
 	healthy := 0
 	if st.Healthy {
 		healthy = 1
