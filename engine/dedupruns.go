@@ -2,7 +2,6 @@ package engine
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -172,7 +171,13 @@ type run struct {
 	f      vfs.File
 	fences []hash128 // each block's first hash
 	crcs   []uint32
-	buf    []byte // contains' block buffer
+
+	// For contains: the blocks mapped into memory, and which of them had
+	// their CRC checked (once per block); without a mapping, a buffer
+	// for ReadAt.
+	blocks   []byte
+	verified []uint64
+	buf      []byte
 }
 
 // openRun opens a run file and reads its footer.
@@ -186,6 +191,14 @@ func openRun(fs vfs.FS, path string, id uint64) (*run, error) {
 		f.Close()
 		return nil, err
 	}
+	if r.blocks, err = mapRunBlocks(f, r.n*runEntryBytes); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cannot map dedup run %s: %w", path, err)
+	}
+	if r.blocks == nil {
+		r.buf = make([]byte, runBlockBytes)
+	}
+	r.verified = make([]uint64, (len(r.fences)+63)/64)
 	return r, nil
 }
 
@@ -216,7 +229,7 @@ func readRunFooter(f vfs.File, path string, id uint64) (*run, error) {
 		return nil, fmt.Errorf("dedup run %s: footer checksum: %w", path, ErrCorrupt)
 	}
 	r := &run{id: id, gen: gen, n: int(n), size: size, path: path, f: f,
-		fences: make([]hash128, blocks), crcs: make([]uint32, blocks), buf: make([]byte, runBlockBytes)}
+		fences: make([]hash128, blocks), crcs: make([]uint32, blocks)}
 	for i := range r.fences {
 		e := footer[i*runFooterEntry:]
 		r.fences[i] = getHash(e)
@@ -273,29 +286,67 @@ func (r *run) contains(h hash128) (bool, error) {
 	if i == 0 {
 		return false, nil
 	}
-	b, err := r.readBlocks(i-1, r.buf)
+	b, err := r.block(i - 1)
 	if err != nil {
 		return false, err
 	}
-	var key [runEntryBytes]byte
-	putHash(key[:], h)
-	lo, hi := 0, len(b)/runEntryBytes
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		c := bytes.Compare(b[m*runEntryBytes:(m+1)*runEntryBytes], key[:])
-		if c == 0 {
-			return true, nil
-		}
-		if c < 0 {
-			lo = m + 1
-		} else {
-			hi = m
-		}
-	}
-	return false, nil
+	return blockContains(b, h, r.fences[i-1].lo, r.upperLo(i-1)), nil
 }
 
-func (r *run) close() error { return r.f.Close() }
+// upperLo bounds the low halves in block i: the next block's first, or
+// the largest value for the last block.
+func (r *run) upperLo(i int) uint64 {
+	if i+1 < len(r.fences) {
+		return r.fences[i+1].lo
+	}
+	return ^uint64(0)
+}
+
+// blockContains reports whether block b, whose hashes' low halves lie in
+// [first, upper], holds h. The hashes are uniform, so h's place is
+// interpolated and the search walks from there: a couple of cache lines
+// instead of the eight of a binary search.
+func blockContains(b []byte, h hash128, first, upper uint64) bool {
+	n := len(b) / runEntryBytes
+	p := 0
+	if upper > first && h.lo > first {
+		p = min(int(float64(h.lo-first)/float64(upper-first)*float64(n)), n-1)
+	}
+	at := func(i int) hash128 { return getHash(b[i*runEntryBytes:]) }
+	if at(p).less(h) {
+		for p++; p < n && at(p).less(h); p++ {
+		}
+		return p < n && at(p) == h
+	}
+	for ; p > 0 && h.less(at(p)); p-- {
+	}
+	return at(p) == h
+}
+
+// block returns block i for a lookup: from the mapping, its CRC checked
+// the first time, else read.
+func (r *run) block(i int) ([]byte, error) {
+	if r.blocks == nil {
+		return r.readBlocks(i, r.buf)
+	}
+	b := r.blocks[i*runBlockBytes : i*runBlockBytes+r.blockLen(i)]
+	if r.verified[i/64]&(1<<(i%64)) == 0 {
+		if crc32.Checksum(b, castagnoli) != r.crcs[i] {
+			return nil, fmt.Errorf("dedup run %s: block %d checksum: %w", r.path, i, ErrCorrupt)
+		}
+		r.verified[i/64] |= 1 << (i % 64)
+	}
+	return b, nil
+}
+
+func (r *run) close() error {
+	err := unmapRunBlocks(r.blocks)
+	r.blocks = nil
+	if cerr := r.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
 
 // runScanner reads a run's hashes in order, many blocks per read.
 type runScanner struct {

@@ -38,9 +38,9 @@ func randomHashes(rng *rand.Rand, n int) []hash128 {
 	return out
 }
 
-func writeTestRun(t *testing.T, fs vfs.FS, id uint64, gen uint32, hs []hash128) *run {
+func writeTestRun(t *testing.T, fs vfs.FS, dir string, id uint64, gen uint32, hs []hash128) *run {
 	t.Helper()
-	path := runFileName(id)
+	path := fs.PathJoin(dir, runFileName(id))
 	w, err := newRunWriter(fs, path, gen)
 	if err != nil {
 		t.Fatal(err)
@@ -63,13 +63,21 @@ func writeTestRun(t *testing.T, fs vfs.FS, id uint64, gen uint32, hs []hash128) 
 // A run holds exactly the hashes written into it: every one is found, and
 // hashes around them (between neighbours, before the first, after the
 // last) are not; a scan returns them in order. Sizes cover empty runs,
-// one partial block, exact blocks and a partial last block.
+// one partial block, exact blocks and a partial last block; on the disk
+// lookups read a mapping of the file, in memory they read the file.
 func TestRunContainsExactlyItsHashes(t *testing.T) {
+	t.Run("mem", func(t *testing.T) { testRunContains(t, vfs.NewMem(), "") })
+	t.Run("disk", func(t *testing.T) { testRunContains(t, vfs.Default, t.TempDir()) })
+}
+
+func testRunContains(t *testing.T, fs vfs.FS, dir string) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	fs := vfs.NewMem()
 	for i, n := range []int{0, 1, 2, 255, 256, 257, 512, 1000, 5000} {
 		hs := randomHashes(rng, n)
-		r := writeTestRun(t, fs, uint64(i), 9, hs)
+		r := writeTestRun(t, fs, dir, uint64(i), 9, hs)
+		if (r.blocks != nil) != (dir != "" && n > 0) {
+			t.Fatalf("n=%d: mapped %v", n, r.blocks != nil)
+		}
 		if r.n != n || r.gen != 9 {
 			t.Fatalf("n=%d: run has %d hashes of generation %d", n, r.n, r.gen)
 		}
@@ -140,9 +148,10 @@ func TestRunCorruption(t *testing.T) {
 		{"short", func(b []byte) []byte { return b[:10] }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fs := vfs.NewMem()
-			writeTestRun(t, fs, 1, 2, hs).close()
-			f, err := fs.Open(runFileName(1))
+			fs, dir := vfs.Default, t.TempDir() // lookups read a mapping
+			path := fs.PathJoin(dir, runFileName(1))
+			writeTestRun(t, fs, dir, 1, 2, hs).close()
+			f, err := fs.Open(path)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -153,13 +162,13 @@ func TestRunCorruption(t *testing.T) {
 			}
 			f.Close()
 			b = tc.damage(b)
-			g, err := fs.Create(runFileName(1), vfs.WriteCategoryUnspecified)
+			g, err := fs.Create(path, vfs.WriteCategoryUnspecified)
 			if err != nil {
 				t.Fatal(err)
 			}
 			g.Write(b)
 			g.Close()
-			r, err := openRun(fs, runFileName(1), 1)
+			r, err := openRun(fs, path, 1)
 			if tc.atOpen {
 				if !errors.Is(err, ErrCorrupt) {
 					t.Fatalf("openRun of a damaged run: %v, want ErrCorrupt", err)
@@ -199,7 +208,7 @@ func TestMergeRuns(t *testing.T) {
 				want[h] = true
 			}
 		}
-		inputs = append(inputs, writeTestRun(t, fs, uint64(i), 4, hs))
+		inputs = append(inputs, writeTestRun(t, fs, "", uint64(i), 4, hs))
 	}
 	var stop atomic.Bool
 	w, err := newRunWriter(fs, "out.run", 4)
