@@ -285,8 +285,8 @@ func BenchmarkScan(b *testing.B) {
 //     the key (filter and pending index batch), as for every stored event.
 //     Groups of 1,000, as in a busy committer.
 //   - seen/filter=saturated: the same with filters far past capacity, so
-//     every lookup also misses in the index (Pebble Get): the slow, exact
-//     path when the filters are overfull.
+//     every lookup also misses in the dedup runs (a mapped block each):
+//     the slow, exact path when the filters are overfull.
 //   - seen/fresh=200k: the same after 200,000 earlier keys still waiting in
 //     memory for the next index batch (a busy engine's state just before
 //     one): the waiting set and the filter no longer fit in the CPU cache.

@@ -536,6 +536,7 @@ func (d *dedup) startFlush(now time.Time) {
 	d.inFlight = true
 	d.flushes++
 	go func(keys []pendingKey, ckpt uint64) {
+		lowerThreadPriority()
 		sortPending(keys)
 		runs, err := d.writeBatch(keys, ckpt)
 		d.flushDone <- flushResult{runs, err}
@@ -713,6 +714,7 @@ func (d *dedup) maybeMerge() {
 		d.merging, d.mergeIn = true, in
 		d.merges++
 		go func(gen uint32) {
+			lowerThreadPriority()
 			out, err := d.merge(gen, in)
 			d.mergeDone <- mergeResult{out, err}
 		}(g.gen)
