@@ -457,9 +457,15 @@ func (d *dedup) known(h hash128) (bool, error) {
 		if g.gen < d.minGen || !g.f.MayContain(h.lo) {
 			continue
 		}
-		for _, r := range g.runs {
+		for i := 0; i < len(g.runs); i++ {
+			r := g.runs[i]
 			d.indexGets++
 			found, err := r.contains(h)
+			if errors.Is(err, ErrCorrupt) {
+				d.dropDamaged(g, r, err)
+				i--
+				continue
+			}
 			if err != nil {
 				return false, fmt.Errorf("cannot look up dedup key: %w", err)
 			}
@@ -470,6 +476,17 @@ func (d *dedup) known(h hash128) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// dropDamaged takes a run whose block failed its checksum out of the
+// lookups and the index, as load does with a run it cannot read: appends
+// go on, and duplicates of its events may be stored again.
+func (d *dedup) dropDamaged(g *genIndex, r *run, err error) {
+	d.log.Error("dedup run damaged: dropped; duplicates of its events may be stored again", "err", err)
+	g.runs = slices.DeleteFunc(g.runs, func(x *run) bool { return x == r })
+	if derr := d.dropRuns([]*run{r}); derr != nil {
+		d.log.Warn("cannot drop damaged dedup run from the index", "err", derr)
+	}
 }
 
 // add puts a record's key in the filter and the pending keys.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -419,5 +420,51 @@ func BenchmarkDedupRunContains(b *testing.B) {
 		if _, err := r.contains(hash128{lo: rng.Uint64N(h.lo)}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A run block damaged on disk while the engine runs fails no append: the
+// lookup that finds the bad checksum drops the run (logged as an error),
+// and the appends go on; only duplicates of the run's events may be
+// stored again.
+func TestDedupDamagedRunDropped(t *testing.T) {
+	fs := vfs.NewMem()
+	logs := &logCapture{}
+	o := testOptions(fs)
+	o.Logger = logs.logger()
+	o.DedupIndexBatchKeys = 1 << 20 // one run, written by sync
+	e, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ids := batchIDs("d", 0, 500)
+	if _, err := e.Append(context.Background(), recsFor(ids)); err != nil {
+		t.Fatal(err)
+	}
+	e.writeMu.Lock()
+	err = e.dedup.sync(e.opts.Now())
+	e.writeMu.Unlock()
+	if err != nil || e.Stats().DedupRuns != 1 {
+		t.Fatalf("sync: %v, %d runs", err, e.Stats().DedupRuns)
+	}
+	names, _ := fs.List("/data/dedup")
+	f, err := fs.OpenReadWrite("/data/dedup/"+names[0], vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff}, 100); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	res, err := e.Append(context.Background(), recsFor(ids))
+	if err != nil {
+		t.Fatalf("append after the run was damaged: %v", err)
+	}
+	if res.Stored+res.Duplicates != len(ids) || e.Stats().DedupRuns != 0 {
+		t.Fatalf("append: %+v; %d runs left", res, e.Stats().DedupRuns)
+	}
+	if !strings.Contains(logs.all(), "dedup run damaged") {
+		t.Fatalf("the damaged run was not logged:\n%s", logs.all())
 	}
 }
