@@ -303,6 +303,12 @@ func (e *Engine) scanTail(s *segment) error {
 		// what it holds is an older segment's, or unacknowledged.
 		e.log.Info("active segment was never synced; it is empty", "segment", s.id)
 		return nil
+	case !slices.ContainsFunc(hdr, func(b byte) bool { return b != 0 }):
+		// Zeros: the header's write never reached the disk, and a crash
+		// kept the file's length from later unsynced writes (the crash
+		// tests' MemFS does this). Nothing synced after it is lost, but
+		// the frames are scanned all the same.
+		e.log.Warn("active segment header never written; scanning its frames anyway", "segment", s.id)
 	default:
 		// The header is synced before any of the segment's records are
 		// acknowledged: it was damaged since. Its frames may still hold
