@@ -39,7 +39,7 @@ func randomHashes(rng *rand.Rand, n int) []hash128 {
 	return out
 }
 
-func writeTestRun(t *testing.T, fs vfs.FS, dir string, id uint64, gen uint32, hs []hash128) *run {
+func writeTestRun(t testing.TB, fs vfs.FS, dir string, id uint64, gen uint32, hs []hash128) *run {
 	t.Helper()
 	path := fs.PathJoin(dir, runFileName(id))
 	w, err := newRunWriter(fs, path, gen)
@@ -212,16 +212,7 @@ func TestMergeRuns(t *testing.T) {
 		inputs = append(inputs, writeTestRun(t, fs, "", uint64(i), 4, hs))
 	}
 	var stop atomic.Bool
-	w, err := newRunWriter(fs, "out.run", 4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := mergeRuns(w, inputs, &stop); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.finish(); err != nil {
-		t.Fatal(err)
-	}
+	mergeTestRuns(t, fs, "out.run", 4, inputs)
 	out, err := openRun(fs, "out.run", 9)
 	if err != nil {
 		t.Fatal(err)
@@ -240,7 +231,7 @@ func TestMergeRuns(t *testing.T) {
 	}
 
 	stop.Store(true)
-	w, _ = newRunWriter(fs, "stopped.run", 4)
+	w, _ := newRunWriter(fs, "stopped.run", 4)
 	if err := mergeRuns(w, inputs, &stop); !errors.Is(err, errRunMergeStopped) {
 		t.Fatalf("merge with stop set: %v", err)
 	}
@@ -357,38 +348,29 @@ func BenchmarkDedupMergeRuns(b *testing.B) {
 	rng := rand.New(rand.NewPCG(9, 10))
 	var inputs []*run
 	for i := range 4 {
-		hs := randomHashes(rng, defaultDedupIndexBatchKeys)
-		path := fs.PathJoin(dir, runFileName(uint64(i)))
-		w, err := newRunWriter(fs, path, 1)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, h := range hs {
-			w.add(h)
-		}
-		if _, err := w.finish(); err != nil {
-			b.Fatal(err)
-		}
-		r, err := openRun(fs, path, uint64(i))
-		if err != nil {
-			b.Fatal(err)
-		}
+		r := writeTestRun(b, fs, dir, uint64(i), 1, randomHashes(rng, defaultDedupIndexBatchKeys))
 		defer r.close()
 		inputs = append(inputs, r)
 	}
-	var stop atomic.Bool
 	b.ResetTimer()
 	for done := 0; done < b.N; done += 4 * defaultDedupIndexBatchKeys {
-		w, err := newRunWriter(fs, fs.PathJoin(dir, "out.run"), 1)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := mergeRuns(w, inputs, &stop); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := w.finish(); err != nil {
-			b.Fatal(err)
-		}
+		mergeTestRuns(b, fs, fs.PathJoin(dir, "out.run"), 1, inputs)
+	}
+}
+
+// mergeTestRuns merges inputs into a run of generation gen at path.
+func mergeTestRuns(t testing.TB, fs vfs.FS, path string, gen uint32, inputs []*run) {
+	t.Helper()
+	var stop atomic.Bool
+	w, err := newRunWriter(fs, path, gen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := mergeRuns(w, inputs, &stop); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.finish(); err != nil {
+		t.Fatal(err)
 	}
 }
 
