@@ -326,9 +326,9 @@ func (d *dedup) expire(now time.Time) error {
 
 // dropRuns takes runs out of the index (they are out of the lookups
 // already) and schedules their files' removal. The deletion is not synced:
-// a run named in the index after a crash belongs to an expired generation
-// or a merged one's inputs, and load drops the first; for the second, see
-// merge.
+// a run still named after a crash belongs to an expired generation, which
+// load drops, or was damaged, and load drops it again when it finds the
+// file gone or bad.
 func (d *dedup) dropRuns(runs []*run) error {
 	if len(runs) == 0 {
 		return nil
@@ -780,6 +780,18 @@ func (d *dedup) merged(res mergeResult) error {
 		d.release()
 		if errors.Is(res.err, errRunMergeStopped) {
 			return nil
+		}
+		// A damaged input would fail every retry: drop it, as a lookup
+		// that finds it does, and merge the rest.
+		var dmg *runDamagedError
+		if errors.As(res.err, &dmg) {
+			for _, g := range d.gens {
+				if slices.Contains(g.runs, dmg.r) {
+					d.dropDamaged(g, dmg.r, res.err)
+					d.maybeMerge()
+					return nil
+				}
+			}
 		}
 		return fmt.Errorf("cannot merge dedup runs: %w", res.err)
 	}

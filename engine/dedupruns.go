@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"slices"
 	"sync/atomic"
 
@@ -389,8 +388,27 @@ func (s *runScanner) scan() bool {
 // errRunMergeStopped: the engine closed during a merge.
 var errRunMergeStopped = errors.New("dedup run merge stopped")
 
+// runDamagedError is a merge's error when an input failed its checksum:
+// it names the input, which a retry would fail on again.
+type runDamagedError struct {
+	r   *run
+	err error
+}
+
+func (e *runDamagedError) Error() string { return e.err.Error() }
+func (e *runDamagedError) Unwrap() error { return e.err }
+
+// scanError returns s's error, naming its run if the run is damaged.
+func (s *runScanner) scanError() error {
+	if errors.Is(s.err, ErrCorrupt) {
+		return &runDamagedError{s.r, s.err}
+	}
+	return s.err
+}
+
 // mergeRuns writes the union of the runs' hashes to w. It stops early
-// with errRunMergeStopped once stop is set.
+// with errRunMergeStopped once stop is set; an input that fails its
+// checksum ends it with a *runDamagedError.
 func mergeRuns(w *runWriter, runs []*run, stop *atomic.Bool) error {
 	scanners := make([]*runScanner, 0, len(runs))
 	for _, r := range runs {
@@ -398,7 +416,7 @@ func mergeRuns(w *runWriter, runs []*run, stop *atomic.Bool) error {
 		if s.scan() {
 			scanners = append(scanners, s)
 		} else if s.err != nil {
-			return s.err
+			return s.scanError()
 		}
 	}
 	for n := 0; len(scanners) > 0; n++ {
@@ -415,8 +433,8 @@ func mergeRuns(w *runWriter, runs []*run, stop *atomic.Bool) error {
 			return err
 		}
 		if !scanners[m].scan() {
-			if err := scanners[m].err; err != nil {
-				return err
+			if scanners[m].err != nil {
+				return scanners[m].scanError()
 			}
 			scanners = slices.Delete(scanners, m, m+1)
 		}
@@ -430,8 +448,5 @@ func (r *run) readAll(fn func(hash128)) error {
 	for s.scan() {
 		fn(s.h)
 	}
-	if s.err != nil && !errors.Is(s.err, io.EOF) {
-		return s.err
-	}
-	return nil
+	return s.err
 }

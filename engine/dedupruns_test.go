@@ -450,3 +450,67 @@ func TestDedupDamagedRunDropped(t *testing.T) {
 		t.Fatalf("the damaged run was not logged:\n%s", logs.all())
 	}
 }
+
+// A merge whose input fails its checksum drops that input (logged as an
+// error) instead of failing again at every retry while the generation's
+// runs pile up; the other input's events are still duplicates.
+func TestDedupMergeDropsDamagedInput(t *testing.T) {
+	fs := vfs.NewMem()
+	logs := &logCapture{}
+	o := testOptions(fs)
+	o.Logger = logs.logger()
+	o.DedupIndexBatchKeys = 1 << 20 // runs are written by sync only
+	e, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	syncRuns := func() {
+		t.Helper()
+		e.writeMu.Lock()
+		defer e.writeMu.Unlock()
+		if err := e.dedup.sync(e.opts.Now()); err != nil {
+			t.Fatal(err)
+		}
+		for e.dedup.merging {
+			if err := e.dedup.merged(<-e.dedup.mergeDone); err != nil {
+				t.Fatalf("merge: %v", err)
+			}
+		}
+	}
+	first, second := batchIDs("a", 0, 500), batchIDs("b", 0, 500)
+	if _, err := e.Append(context.Background(), recsFor(first)); err != nil {
+		t.Fatal(err)
+	}
+	syncRuns()
+	names, _ := fs.List("/data/dedup")
+	if len(names) != 1 {
+		t.Fatalf("runs after the first batch: %v", names)
+	}
+	// Damage the second block, which lookups of the second batch's new
+	// ids do not read (its Bloom filter rules them out); the merge does.
+	f, err := fs.OpenReadWrite("/data/dedup/"+names[0], vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff}, runBlockBytes+8); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := e.Append(context.Background(), recsFor(second)); err != nil {
+		t.Fatal(err)
+	}
+	syncRuns() // the second run, then a merge of the two
+	if e.dedup.merges == 0 {
+		t.Fatal("no merge was tried")
+	}
+	if !strings.Contains(logs.all(), "dedup run damaged") {
+		t.Fatalf("the damaged input was not logged:\n%s", logs.all())
+	}
+	if got := e.Stats().DedupRuns; got != 1 {
+		t.Fatalf("%d runs left, want the undamaged one", got)
+	}
+	if res, err := e.Append(context.Background(), recsFor(second)); err != nil || res.Duplicates != len(second) {
+		t.Fatalf("re-append of the undamaged run's events: %+v %v", res, err)
+	}
+}
