@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -100,7 +101,8 @@ func (e *Engine) Stats() Stats {
 	total := m.Total()
 	st.IndexWriteAmp = total.WriteAmp()
 	e.segMu.RLock()
-	segs := e.segments
+	// A copy: reclaim deletes from the slice in place.
+	segs := slices.Clone(e.segments)
 	e.segMu.RUnlock()
 	st.Segments = len(segs)
 	for _, s := range segs {
