@@ -104,6 +104,8 @@ type dedup struct {
 	dropped   []*run
 	stop      atomic.Bool // Close: merges stop early
 	bg        sync.WaitGroup
+	// mergesPaused: free disk space is low (diskfull.go); no merge starts.
+	mergesPaused atomic.Bool
 
 	hashBuf []byte
 
@@ -719,7 +721,7 @@ func pickMerge(runs []*run) int {
 // maybeMerge starts a merge in the background if a generation needs one
 // and none is running.
 func (d *dedup) maybeMerge() {
-	if d.merging || d.stop.Load() {
+	if d.merging || d.stop.Load() || d.mergesPaused.Load() {
 		return
 	}
 	for _, g := range d.gens {

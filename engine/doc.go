@@ -16,10 +16,14 @@
 //
 // A write or sync failure marks the engine broken: the failed group, and
 // the one prepared after it (its duplicates and numbers assumed the failed
-// one stored), are not acknowledged, and the next Append first seals the active segment at
+// one stored), are not acknowledged, and the next Append (or the disk
+// check, every DiskCheckInterval) first seals the active segment at
 // its last durable size (bytes past it are ignored forever) and starts a new
 // one. Until that works (the disk has room again) Append returns
-// ErrUnavailable; the process never exits for it.
+// ErrUnavailable; the process never exits for it. Appends also stop, with
+// ErrDiskFull, while free space is under DiskFreeBytesMin, and a reserve
+// file keeps room for the index to record deliveries and reclaim on a full
+// disk (diskfull.go).
 //
 // # On disk
 //
@@ -28,6 +32,7 @@
 //	  log/0000000002.seg
 //	  index/               Pebble (keys.go: key layout)
 //	  dedup/0000000000000001.run  dedup runs: sorted keys of one generation (dedupruns.go)
+//	  reserve              room for the index on a full disk (diskfull.go)
 //
 // A segment frame:
 //

@@ -65,6 +65,7 @@ type Engine struct {
 
 	diskUsage atomic.Int64 // segments + index, refreshed by the reclaimer
 	stats     counters
+	disk      *diskWatch // free-space floor and reserve file (diskfull.go)
 
 	closeOnce sync.Once
 	closing   chan struct{}
@@ -143,6 +144,9 @@ func (e *Engine) Append(ctx context.Context, recs []Record) (AppendResult, error
 
 // checkLimits fails fast when the disk budget or backlog limit is reached.
 func (e *Engine) checkLimits(n, size int) error {
+	if err := e.checkDiskFull(); err != nil {
+		return err
+	}
 	if b := e.opts.DiskBudgetBytes; b > 0 && e.diskUsage.Load()+int64(size) > b {
 		e.stats.rejectedBudget.Add(1)
 		return fmt.Errorf("cannot append: %w (using %d of %d bytes)", ErrDiskBudget, e.diskUsage.Load(), b)
@@ -325,6 +329,7 @@ func (e *Engine) drainLocked() bool {
 	e.stats.groupRecords.Add(j.last + 1 - j.first)
 	e.stats.bytesWritten.Add(uint64(len(j.buf)))
 	e.diskUsage.Add(int64(len(j.buf)))
+	e.disk.noteWritten(int64(len(j.buf)))
 	e.nextSeq = j.last + 1
 	// Order matters: a reader bounded by the segment's size must never find
 	// a frame past the high-water mark.
@@ -373,10 +378,20 @@ func (j *syncJob) answer() {
 	}
 }
 
+// breakLocked marks the engine broken. It logs once per episode: a repair
+// that fails again (each append, each disk check) logs at debug.
 func (e *Engine) breakLocked(err error) error {
+	var seg uint32
+	if e.active != nil { // nil when Open found no segment and could not start one
+		seg = e.active.id
+	}
+	if e.broken == nil {
+		e.log.Error("segment write failed; appends fail until the active segment is sealed", "segment", seg, "err", err)
+	} else {
+		e.log.Debug("active segment still cannot be sealed", "segment", seg, "err", err)
+	}
 	e.broken = err
 	e.stats.writeErrors.Add(1)
-	e.log.Error("segment write failed; appends fail until the active segment is sealed", "segment", e.active.id, "err", err)
 	return fmt.Errorf("cannot append: %w: %w", ErrUnavailable, err)
 }
 
@@ -535,9 +550,8 @@ func (e *Engine) reclaimLoop() {
 		case <-e.closing:
 			return
 		case <-t.C:
-			if _, err := e.reclaim(false); err != nil {
-				e.log.Warn("reclaim failed", "err", err)
-			}
+			_, err := e.reclaim(false)
+			e.noteReclaim(err)
 		}
 	}
 }

@@ -1,6 +1,9 @@
 package engine
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Callers match them with errors.Is; the engine wraps them
 // with context ("cannot append: ...").
@@ -13,8 +16,15 @@ var (
 	ErrBacklogFull = errors.New("backlog limit reached")
 	// ErrUnavailable: a write or sync failed (ENOSPC, EIO). Nothing of the
 	// failed batch is acknowledged; the engine retries recovery on the next
-	// call and works again once the disk does.
+	// call and every Options.DiskCheckInterval, and works again once the
+	// disk does.
 	ErrUnavailable = errors.New("storage unavailable")
+	// ErrDiskFull: the data directory's filesystem has less free space
+	// than Options.DiskFreeBytesMin, or filled up. Nothing was written. It
+	// wraps ErrUnavailable (ingest answers 503 with Retry-After); appends
+	// resume by themselves once reclaim or the operator frees space
+	// (diskfull.go).
+	ErrDiskFull = fmt.Errorf("%w: disk full", ErrUnavailable)
 	// ErrClosed: the engine is closed.
 	ErrClosed = errors.New("engine closed")
 	// ErrInvalidRecord: a record violates a size limit.

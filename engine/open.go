@@ -33,10 +33,14 @@ func Open(opts Options) (*Engine, error) {
 			return nil, err
 		}
 	}
+	disk := newDiskWatch(&o) // the reserve goes first on a full disk: Pebble writes as it opens
+	if err := disk.open(idxDir); err != nil {
+		return nil, err
+	}
 	cache := pebble.NewCache(o.IndexCacheBytes)
 	defer cache.Unref()
 	popts := &pebble.Options{
-		FS:           fs,
+		FS:           disk.indexFS(fs),
 		Cache:        cache,
 		MemTableSize: o.IndexMemTableBytes,
 		Logger:       pebbleLogger{o.Logger},
@@ -58,6 +62,7 @@ func Open(opts Options) (*Engine, error) {
 		spareWanted: make(chan struct{}, 1),
 		consumers:   make(map[string]*Consumer),
 		closing:     make(chan struct{}),
+		disk:        disk,
 		nextID:      1,
 		nextSeq:     1,
 	}
@@ -67,11 +72,12 @@ func Open(opts Options) (*Engine, error) {
 		db.Close()
 		return nil, err
 	}
-	e.wg.Add(4)
+	e.wg.Add(5)
 	go e.commitLoop()
 	go e.syncLoop()
 	go e.reclaimLoop()
 	go e.spareLoop()
+	go e.diskLoop()
 	return e, nil
 }
 
@@ -125,8 +131,9 @@ func (e *Engine) recover() error {
 		return err
 	}
 	// Always start a fresh active segment: the recovered one is sealed at
-	// its valid length, so nothing is ever written after a torn tail.
-	if err := e.rotateLocked(); err != nil {
+	// its valid length, so nothing is ever written after a torn tail. (On
+	// a full disk the engine opens broken instead: diskfull.go.)
+	if err := e.startSegment(); err != nil {
 		return fmt.Errorf("cannot start a segment: %w", err)
 	}
 	if err := e.loadConsumers(); err != nil {

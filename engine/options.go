@@ -44,6 +44,29 @@ type Options struct {
 	// Default 0: no limit.
 	BacklogEventsMax int64
 
+	// ReserveBytes is the size of Dir/reserve, a file that holds disk space
+	// for the index (diskfull.go). When a write of the index finds the disk
+	// full, or Open finds less free space than DiskFreeBytesMin, the file
+	// is deleted, so that cursor commits and reclaim (its manifest batch,
+	// its dedup keys) still have room and reclaim can free space; it is
+	// made again once the free space is at least ReserveBytes +
+	// DiskFreeBytesMin, and appends wait for that. Not counted in
+	// DiskBudgetBytes. Default 64 MiB; negative: no reserve.
+	ReserveBytes int64
+	// DiskFreeBytesMin: while the data directory's filesystem has less free
+	// space than this, Append fails with ErrDiskFull (an ErrUnavailable)
+	// and Stats().Healthy is false, so that the disk never fills up under
+	// appends. Checked every DiskCheckInterval and whenever a quarter of it
+	// was written to segments since the last check. Default 64 MiB;
+	// negative: no floor. Where the FS cannot tell its free space
+	// (vfs.FS.GetDiskUsage fails, as on an in-memory FS), there is neither
+	// floor nor reserve.
+	DiskFreeBytesMin int64
+	// DiskCheckInterval is how often free space is checked, the reserve
+	// made again and a failed active segment repaired (sealed and a new one
+	// started) without waiting for an append. Default 1s.
+	DiskCheckInterval time.Duration
+
 	// DedupWindow is how long (source, messageId) pairs are remembered.
 	// Default 24h. Negative disables deduplication.
 	DedupWindow time.Duration
@@ -92,6 +115,9 @@ const (
 	defaultDedupIndexBatchKeys   = 256 << 10
 	defaultReclaimInterval       = time.Second
 	defaultReclaimActiveMinBytes = 1 << 20
+	defaultReserveBytes          = 64 << 20
+	defaultDiskFreeBytesMin      = 64 << 20
+	defaultDiskCheckInterval     = time.Second
 	defaultIndexCacheBytes       = 32 << 20
 	defaultIndexMemTableBytes    = 16 << 20
 	segmentBytesCap              = 1 << 32 // offsets are 32 bits in Pos
@@ -123,6 +149,9 @@ func (o Options) withDefaults() (Options, error) {
 	setDefault(&o.DedupIndexInterval, time.Second)
 	setDefault(&o.ReclaimInterval, defaultReclaimInterval)
 	setDefault(&o.ReclaimActiveMinBytes, defaultReclaimActiveMinBytes)
+	setDefault(&o.ReserveBytes, defaultReserveBytes)
+	setDefault(&o.DiskFreeBytesMin, defaultDiskFreeBytesMin)
+	setDefault(&o.DiskCheckInterval, defaultDiskCheckInterval)
 	setDefault(&o.IndexCacheBytes, defaultIndexCacheBytes)
 	setDefault(&o.IndexMemTableBytes, defaultIndexMemTableBytes)
 	switch {
@@ -146,6 +175,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("options: DedupIndexBatchKeys %d and DedupIndexInterval %v must be positive", o.DedupIndexBatchKeys, o.DedupIndexInterval)
 	case o.DiskBudgetBytes < 0 || o.BacklogEventsMax < 0:
 		return o, fmt.Errorf("options: DiskBudgetBytes and BacklogEventsMax must not be negative")
+	case o.DiskCheckInterval < 0:
+		return o, fmt.Errorf("options: DiskCheckInterval %v must be positive", o.DiskCheckInterval)
 	}
 	return o, nil
 }

@@ -27,9 +27,8 @@ func (e *Engine) reclaim(force bool) (int, error) {
 	for _, c := range consumers {
 		minCursor = min(minCursor, c.cursor.Load())
 	}
-	if err := e.cutConsumedActive(minCursor); err != nil {
-		return 0, err
-	}
+	// A failed cut (a full disk) must not keep the sealed segments.
+	cutErr := e.cutConsumedActive(minCursor)
 	e.segMu.RLock()
 	segs := slices.Clone(e.segments)
 	e.segMu.RUnlock()
@@ -54,7 +53,7 @@ func (e *Engine) reclaim(force bool) (int, error) {
 		}
 	}
 	e.refreshDiskUsage()
-	return deleted, nil
+	return deleted, cutErr
 }
 
 // indexedThrough reports whether the dedup keys of records up to seq are
@@ -77,7 +76,11 @@ func (e *Engine) indexedThrough(seq uint64, force bool) (bool, error) {
 		return false, nil
 	}
 	e.drainLocked() // its keys are committed, or undone
-	if err := e.dedup.sync(now); err != nil {
+	err := e.dedup.sync(now)
+	if err != nil && isDiskFull(err) && e.disk.release("writing dedup keys before reclaim found the disk full") {
+		err = e.dedup.sync(now) // into the reserve's room (diskfull.go)
+	}
+	if err != nil {
 		return false, fmt.Errorf("cannot reclaim: %w", err)
 	}
 	return e.dedup.indexed.Load() >= seq, nil

@@ -53,8 +53,8 @@ type keptFile struct {
 
 // retireFile disposes of a reclaimed segment's file, no longer in the
 // manifest: kept for reuse if the segment is recyclable, there is room
-// among the kept files and the disk budget (if any) is not nearly spent;
-// else removed.
+// among the kept files, the disk budget (if any) is not nearly spent and
+// free space is not low (diskfull.go); else removed.
 func (e *Engine) retireFile(s *segment) {
 	size := s.size.Load()
 	if st, err := e.fs.Stat(e.fs.PathJoin(e.logDir, segmentFileName(s.id))); err == nil {
@@ -62,7 +62,7 @@ func (e *Engine) retireFile(s *segment) {
 	}
 	budget := e.opts.DiskBudgetBytes
 	e.spareMu.Lock()
-	keep := s.recyclable.Load() && len(e.free) < freeFilesMax &&
+	keep := s.recyclable.Load() && len(e.free) < freeFilesMax && !e.disk.low.Load() &&
 		(budget == 0 || e.diskUsage.Load()+e.keptBytes.Load()+size <= budget/10*9)
 	if keep {
 		e.free = append(e.free, keptFile{s.id, size})

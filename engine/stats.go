@@ -11,6 +11,7 @@ import (
 type counters struct {
 	groups, groupRecords, fsyncs, bytesWritten   atomic.Uint64
 	writeErrors, rejectedBudget, rejectedBacklog atomic.Uint64
+	rejectedDiskFull                             atomic.Uint64
 	lostRecords, truncatedBytes, stragglersMoved atomic.Uint64
 	segmentsCreated, segmentsDeleted             atomic.Uint64
 	segmentsRecycled                             atomic.Uint64
@@ -34,6 +35,8 @@ type Stats struct {
 	WriteErrors     uint64
 	RejectedBudget  uint64
 	RejectedBacklog uint64
+	// RejectedDiskFull counts appends refused with ErrDiskFull.
+	RejectedDiskFull uint64
 	// LostRecords counts records found unreadable (corruption, missing
 	// files); TruncatedBytes the torn tails cut at recovery.
 	LostRecords     uint64
@@ -51,9 +54,16 @@ type Stats struct {
 	DedupRuns     int
 	DedupRunBytes int64
 	DedupWriteAmp float64
-	// Healthy is false while appends fail (a write error not yet repaired).
-	Healthy   bool
-	Consumers []ConsumerStats
+	// Healthy is false while appends fail: a write error not yet repaired,
+	// or free disk space low (DiskLow).
+	Healthy bool
+	// DiskLow: appends fail with ErrDiskFull, free space being under
+	// DiskFreeBytesMin or the reserve file deleted (diskfull.go).
+	DiskLow bool
+	// DiskAvailBytes is the free space of the data directory's filesystem
+	// at the last check; -1 when the FS cannot tell.
+	DiskAvailBytes int64
+	Consumers      []ConsumerStats
 }
 
 // ConsumerStats describes one consumer's progress.
@@ -80,16 +90,20 @@ func (e *Engine) Stats() Stats {
 		WriteErrors:     e.stats.writeErrors.Load(),
 		RejectedBudget:  e.stats.rejectedBudget.Load(),
 		RejectedBacklog: e.stats.rejectedBacklog.Load(),
-		LostRecords:     e.stats.lostRecords.Load(),
-		TruncatedBytes:  e.stats.truncatedBytes.Load(),
-		StragglersMoved: e.stats.stragglersMoved.Load(),
-		SegmentsCreated: e.stats.segmentsCreated.Load(),
-		SegmentsDeleted: e.stats.segmentsDeleted.Load(),
+
+		RejectedDiskFull: e.stats.rejectedDiskFull.Load(),
+		DiskLow:          e.disk.low.Load(),
+		DiskAvailBytes:   e.disk.avail.Load(),
+		LostRecords:      e.stats.lostRecords.Load(),
+		TruncatedBytes:   e.stats.truncatedBytes.Load(),
+		StragglersMoved:  e.stats.stragglersMoved.Load(),
+		SegmentsCreated:  e.stats.segmentsCreated.Load(),
+		SegmentsDeleted:  e.stats.segmentsDeleted.Load(),
 
 		SegmentsRecycled: e.stats.segmentsRecycled.Load(),
 	}
 	e.writeMu.Lock()
-	st.Healthy = e.broken == nil
+	st.Healthy = e.broken == nil && !st.DiskLow
 	e.writeMu.Unlock()
 	m := e.db.Metrics()
 	st.DedupRuns = int(e.dedup.runCount.Load())
