@@ -181,6 +181,12 @@ func writeEngineMetrics(w fmtWriter, st engine.Stats) {
 		healthy = 1
 	}
 	g("gauge", "sluice_engine_healthy", "1 while appends work.", healthy)
+	diskLow := 0
+	if st.DiskLow {
+		diskLow = 1
+	}
+	g("gauge", "sluice_engine_disk_low", "1 while appends are refused for lack of free disk space.", diskLow)
+	g("gauge", "sluice_engine_disk_avail_bytes", "Free bytes in the data directory's filesystem at the last check (-1: unknown).", st.DiskAvailBytes)
 	fmt.Fprintf(w, "# HELP sluice_destination_backlog_events Events not yet settled, per destination.\n# TYPE sluice_destination_backlog_events gauge\n")
 	for _, c := range st.Consumers {
 		fmt.Fprintf(w, "sluice_destination_backlog_events{destination=%q} %d\n", c.Name, c.BacklogEvents)

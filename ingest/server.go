@@ -413,6 +413,11 @@ func (s *Server) store(ctx *fasthttp.RequestCtx, st *reqState) {
 	case errors.Is(err, engine.ErrDiskBudget):
 		s.metrics.reject("disk_budget", len(recs))
 		s.overloaded(ctx, fasthttp.StatusServiceUnavailable, "disk budget exhausted; retry later")
+	case errors.Is(err, engine.ErrDiskFull):
+		// No line per request: the engine logs when space runs low and
+		// when it is back.
+		s.metrics.reject("disk_full", len(recs))
+		s.overloaded(ctx, fasthttp.StatusServiceUnavailable, "disk full; retry later")
 	case errors.Is(err, engine.ErrInvalidRecord):
 		s.metrics.reject("invalid_record", len(recs))
 		s.writeError(ctx, fasthttp.StatusRequestEntityTooLarge, err.Error())

@@ -403,6 +403,7 @@ func TestBackpressureStatuses(t *testing.T) {
 		{fmt.Errorf("x: %w", engine.ErrBacklogFull), 429},
 		{fmt.Errorf("x: %w", engine.ErrDiskBudget), 503},
 		{fmt.Errorf("x: %w", engine.ErrUnavailable), 503},
+		{fmt.Errorf("x: %w", engine.ErrDiskFull), 503},
 		{errors.New("disk on fire"), 503},
 	} {
 		srv, err := New(Options{Sources: []Source{{"web", "K"}}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, Deps{Appender: failingAppender{c.err}})

@@ -137,6 +137,17 @@ type EngineConfig struct {
 	// ReclaimInterval is how often consumed segments are deleted (default
 	// 1s); negative keeps every segment (for inspection and tests).
 	ReclaimInterval time.Duration `yaml:"reclaim_interval"`
+	// ReserveBytes is the size of data_dir/reserve, room kept for the
+	// index so that a full disk recovers by itself (default 64 MiB;
+	// negative: no reserve).
+	ReserveBytes int64 `yaml:"reserve_bytes"`
+	// DiskFreeBytesMin: while data_dir's filesystem has less free space,
+	// ingest answers 503 with Retry-After and /health 503 (default 64 MiB;
+	// negative: no floor).
+	DiskFreeBytesMin int64 `yaml:"disk_free_bytes_min"`
+	// DiskCheckInterval is how often free space is checked and a failed
+	// segment repaired (default 1s).
+	DiskCheckInterval time.Duration `yaml:"disk_check_interval"`
 }
 
 var validEventTypes = map[string]bool{"track": true, "identify": true, "page": true, "screen": true, "group": true, "alias": true}
@@ -225,6 +236,9 @@ func (c *Config) validate() error {
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("log_format %q: want text or json", c.LogFormat)
+	}
+	if c.Engine.DiskCheckInterval < 0 {
+		return fmt.Errorf("engine.disk_check_interval %v must not be negative", c.Engine.DiskCheckInterval)
 	}
 	if len(c.Sources) == 0 {
 		return fmt.Errorf("sources: at least one source is required")

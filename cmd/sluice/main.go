@@ -151,6 +151,10 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) (err error) {
 		DedupWindow:      cfg.Engine.DedupWindow,
 		DedupFilterBytes: cfg.Engine.DedupFilterBytes,
 		ReclaimInterval:  cfg.Engine.ReclaimInterval,
+
+		ReserveBytes:      cfg.Engine.ReserveBytes,
+		DiskFreeBytesMin:  cfg.Engine.DiskFreeBytesMin,
+		DiskCheckInterval: cfg.Engine.DiskCheckInterval,
 	})
 	if err != nil {
 		return fmt.Errorf("cannot open engine: %w", err)
