@@ -42,8 +42,11 @@ type Router struct {
 	cons   *engine.Consumer
 	dest   Destination
 	ctl    chan func(*core)
-	status atomic.Pointer[Status]
-	wg     sync.WaitGroup
+	// status is the latest snapshot: once stored it is never edited (readers
+	// copy it without a lock), only replaced.
+	status  atomic.Pointer[Status]
+	stopped bool // Run has returned; owned by Run's goroutine
+	wg      sync.WaitGroup
 }
 
 // Status is a snapshot of a router for the admin API and metrics.
@@ -181,8 +184,8 @@ func (r *Router) shutdown(results chan *batch, cancelSends context.CancelFunc) e
 	}
 	c.stop(r.cfg.Clock.Now())
 	r.wg.Wait()
+	r.stopped = true
 	r.publish()
-	r.status.Load().State = "stopped"
 	if c.err != nil {
 		return c.err
 	}
@@ -206,6 +209,8 @@ func (r *Router) publish() {
 	state := c.health.state.String()
 	now := r.cfg.Clock.Now()
 	switch {
+	case r.stopped:
+		state = "stopped"
 	case c.paused:
 		state = "paused"
 	case c.health.state == Healthy && now.Before(c.throttledUntil):
