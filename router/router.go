@@ -36,12 +36,12 @@ import (
 
 // Router delivers one destination's events.
 type Router struct {
-	cfg    Config
-	core   *core
-	log    Log
-	cons   *engine.Consumer
-	dest   Destination
-	ctl    chan func(*core)
+	cfg  Config
+	core *core
+	log  Log
+	cons *engine.Consumer
+	dest Destination
+	ctl  chan func(*core)
 	// status is the latest snapshot: once stored it is never edited (readers
 	// copy it without a lock), only replaced.
 	status  atomic.Pointer[Status]
