@@ -65,6 +65,7 @@ type Engine struct {
 
 	diskUsage atomic.Int64 // segments + index, refreshed by the reclaimer
 	stats     counters
+	lost      lostSet
 
 	closeOnce sync.Once
 	closing   chan struct{}
@@ -292,7 +293,11 @@ func (e *Engine) prepareLocked(group []*appendReq) *syncJob {
 				continue
 			}
 			r.Seq = seq
-			*buf = appendFrame(*buf, seq, r)
+			stored := seq
+			if seq == j.first {
+				stored |= frameGroupStart
+			}
+			*buf = appendFrame(*buf, stored, r)
 			req.res.Stored++
 			req.res.LastSeq = seq
 			seq++
@@ -510,6 +515,16 @@ func (e *Engine) Close() error {
 				err = fmt.Errorf("cannot close active segment: %w", cerr)
 			}
 			e.file = nil
+		}
+		// Seal the active segment at its durable end: the next Open then
+		// knows where the log ends without scanning for a torn tail, and
+		// damage found in it later is read around like any sealed
+		// segment's.
+		if a := e.active; a != nil {
+			a.sealed.Store(true)
+			if serr := e.db.Set(segmentKey(a.id), encodeManifest(a), pebble.NoSync); serr != nil && err == nil {
+				err = fmt.Errorf("cannot seal the active segment: %w", serr)
+			}
 		}
 		e.writeMu.Unlock()
 		if ferr := e.db.LogData(nil, pebble.Sync); ferr != nil && err == nil {
