@@ -26,6 +26,9 @@ func Open(opts Options) (*Engine, error) {
 	if err := fs.RemoveAll(fs.PathJoin(o.Dir, "index-stage")); err != nil {
 		return nil, fmt.Errorf("cannot remove the old index-stage directory: %w", err)
 	}
+	if _, err := fs.Stat(idxDir); err != nil && hasSegmentFiles(fs, logDir) {
+		return nil, fmt.Errorf("the log holds segment files but the index folder %s is missing (%v): %w; nothing was changed: run `sluice recover` to rebuild the index from the segment files", idxDir, err, ErrIndexDamaged)
+	}
 	for _, d := range []string{o.Dir, logDir, idxDir, dedupDir} {
 		if err := mkdirAllSynced(fs, d); err != nil {
 			return nil, err
@@ -71,6 +74,20 @@ func Open(opts Options) (*Engine, error) {
 	go e.reclaimLoop()
 	go e.spareLoop()
 	return e, nil
+}
+
+// hasSegmentFiles reports whether dir holds a segment file.
+func hasSegmentFiles(fs vfs.FS, dir string) bool {
+	names, err := fs.List(dir)
+	if err != nil {
+		return false
+	}
+	for _, n := range names {
+		if _, ok := parseSegmentFileName(n); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // mkdirAllSynced creates dir and its missing parents, syncing each parent
@@ -135,6 +152,9 @@ func (e *Engine) checkVersion() error {
 	binary.BigEndian.PutUint32(version[:], indexVersion)
 	v, closer, err := e.db.Get(keyVersion)
 	if errors.Is(err, pebble.ErrNotFound) {
+		if hasSegmentFiles(e.fs, e.logDir) {
+			return fmt.Errorf("the log holds segment files but the index is empty (its WAL lost?): %w; run `sluice recover` to rebuild the index from the segment files", ErrIndexDamaged)
+		}
 		if err := e.db.Set(keyVersion, version[:], pebble.Sync); err != nil {
 			return fmt.Errorf("cannot write index version: %w", err)
 		}

@@ -115,7 +115,7 @@ func (e *Engine) reconcileFiles(witness uint64) error {
 		}
 	}
 	if len(adopt) > 0 {
-		return e.adopt(adopt, witness)
+		return e.adopt(adopt, witness, true)
 	}
 	if n := len(e.segments); n > 0 {
 		last := e.segments[n-1]
@@ -231,8 +231,9 @@ func (e *Engine) readHeader(path string) (segmentHeader, error) {
 
 // adopt adds the files past the manifest's last segment to it: every
 // segment but the last is sealed where the next one starts, the last is
-// scanned as the active one. One synced batch records them.
-func (e *Engine) adopt(files []unknownFile, witness uint64) error {
+// scanned as the active one. One synced batch records them. behind says
+// the index lost them (logged as an error) rather than being rebuilt.
+func (e *Engine) adopt(files []unknownFile, witness uint64, behind bool) error {
 	chain := slices.Clone(e.segments[len(e.segments)-1:])
 	if chain[0].sealed.Load() {
 		chain = chain[:0]
@@ -273,9 +274,11 @@ func (e *Engine) adopt(files []unknownFile, witness uint64) error {
 		return fmt.Errorf("cannot record adopted segments in the manifest: %w", err)
 	}
 	adopted := chain[len(chain)-len(files):]
-	e.log.Error("the index was behind the log (its newest writes were lost); segment files adopted into the manifest",
-		"first_segment", adopted[0].id, "last_segment", adopted[len(adopted)-1].id,
-		"first_seq", adopted[0].baseSeq, "last_seq", e.nextSeq-1)
+	if behind {
+		e.log.Error("the index was behind the log (its newest writes were lost); segment files adopted into the manifest",
+			"first_segment", adopted[0].id, "last_segment", adopted[len(adopted)-1].id,
+			"first_seq", adopted[0].baseSeq, "last_seq", e.nextSeq-1)
+	}
 	for _, s := range adopted {
 		e.segments = append(e.segments, s)
 		e.nextID = max(e.nextID, s.id+1)
