@@ -76,7 +76,7 @@ const (
 // before it was fsynced and acknowledged, so a valid group-start frame with
 // seq s proves that every seq below s was acknowledged: recovery tells a
 // torn, never-acknowledged tail from acknowledged records that were lost,
-// whatever else the index holds (docs/formats.md). Format 1 never sets it.
+// whatever else the index holds (recovery.go). Format 1 never sets it.
 const (
 	frameHeaderLen  = 16
 	frameGroupStart = uint64(1) << 63

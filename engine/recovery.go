@@ -11,7 +11,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 )
 
-// Recovery of the segment files at Open (docs/recovery.md).
+// Recovery of the segment files at Open.
 //
 // Segment files are the source of truth for payloads: Open never deletes a
 // file that holds records the index does not know were consumed. It

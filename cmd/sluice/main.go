@@ -34,7 +34,7 @@ import (
 	"github.com/sluice-cdi/sluice/router"
 )
 
-const usageText = "usage: sluice serve [--config FILE] | status | dlq list|replay|purge | pause|resume DESTINATION | version"
+const usageText = "usage: sluice serve [--config FILE] | status | dlq list|replay|purge | pause|resume DESTINATION | recover [--config FILE] | version"
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
@@ -57,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return dlqCmd(args[1:], stdout, stderr)
 	case "pause", "resume":
 		return pauseCmd(args[0], args[1:], stdout, stderr)
+	case "recover":
+		return recoverCmd(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return 0
