@@ -48,6 +48,8 @@ type Engine struct {
 	free        []keptFile
 	keptBytes   atomic.Int64 // on disk in free and the spare
 	spareWanted chan struct{}
+	// rebuildWanted wakes dedupRebuildLoop (deduprebuild.go).
+	rebuildWanted chan struct{}
 
 	// hwm is the last durable, readable seq. Readers never go past it.
 	hwm      atomic.Uint64

@@ -47,28 +47,31 @@ func Open(opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("cannot open index %s: %w", idxDir, err)
 	}
 	e := &Engine{
-		opts:        o,
-		fs:          fs,
-		log:         o.Logger,
-		db:          db,
-		logDir:      logDir,
-		notifyCh:    make(chan struct{}),
-		qSignal:     make(chan struct{}, 1),
-		syncCh:      make(chan *syncJob),
-		syncDone:    make(chan *syncJob, 1),
-		spareWanted: make(chan struct{}, 1),
-		consumers:   make(map[string]*Consumer),
-		closing:     make(chan struct{}),
-		nextID:      1,
-		nextSeq:     1,
+		opts:          o,
+		fs:            fs,
+		log:           o.Logger,
+		db:            db,
+		logDir:        logDir,
+		notifyCh:      make(chan struct{}),
+		qSignal:       make(chan struct{}, 1),
+		syncCh:        make(chan *syncJob),
+		syncDone:      make(chan *syncJob, 1),
+		spareWanted:   make(chan struct{}, 1),
+		rebuildWanted: make(chan struct{}, 1),
+		consumers:     make(map[string]*Consumer),
+		closing:       make(chan struct{}),
+		nextID:        1,
+		nextSeq:       1,
 	}
 	e.dedup = newDedup(db, &o, dedupDir)
+	e.dedup.onDamage = e.wantDedupRebuild
 	if err := e.recover(); err != nil {
 		e.dedup.close() // replay may have started a background batch
 		db.Close()
 		return nil, err
 	}
-	e.wg.Add(4)
+	e.wg.Add(5)
+	go e.dedupRebuildLoop()
 	go e.commitLoop()
 	go e.syncLoop()
 	go e.reclaimLoop()
@@ -230,7 +233,15 @@ func (e *Engine) recoverDedup() error {
 	if err := e.dedup.load(now); err != nil {
 		return err
 	}
-	from := e.dedup.ckpt + 1
+	ckpt := e.dedup.ckpt
+	// Runs that load found damaged: their generations' keys come back from
+	// the whole retained log, the rest from past the checkpoint.
+	damaged := e.dedup.takeDamaged()
+	from := ckpt + 1
+	if len(damaged) > 0 {
+		from = 1
+		e.log.Warn("rebuilding the keys of damaged dedup runs from the retained log", "generations", len(damaged))
+	}
 	if len(e.segments) > 0 {
 		from = max(from, e.segments[0].baseSeq)
 	}
@@ -255,7 +266,11 @@ func (e *Engine) recoverDedup() error {
 			return nil
 		}
 		for i := range recs {
-			e.dedup.replay(&recs[i], now)
+			if recs[i].Seq > ckpt {
+				e.dedup.replay(&recs[i], now)
+			} else if len(damaged) > 0 {
+				e.dedup.replayIn(&recs[i], now, damaged)
+			}
 		}
 		if err := e.dedup.commitThrough(e.dedup.mark(), recs[len(recs)-1].Seq, now); err != nil {
 			return err

@@ -12,7 +12,7 @@ type counters struct {
 	writeErrors, rejectedBudget, rejectedBacklog atomic.Uint64
 	lostRecords, truncatedBytes, stragglersMoved atomic.Uint64
 	segmentsCreated, segmentsDeleted             atomic.Uint64
-	segmentsRecycled                             atomic.Uint64
+	segmentsRecycled, dedupRebuilds              atomic.Uint64
 }
 
 // Stats is a snapshot of the engine for metrics and health checks.
@@ -50,6 +50,9 @@ type Stats struct {
 	DedupRuns     int
 	DedupRunBytes int64
 	DedupWriteAmp float64
+	// DedupRebuilds counts rebuilds of damaged dedup runs' keys from the
+	// log while running.
+	DedupRebuilds uint64
 	// Healthy is false while appends fail (a write error not yet repaired).
 	Healthy   bool
 	Consumers []ConsumerStats
@@ -86,6 +89,7 @@ func (e *Engine) Stats() Stats {
 		SegmentsDeleted: e.stats.segmentsDeleted.Load(),
 
 		SegmentsRecycled: e.stats.segmentsRecycled.Load(),
+		DedupRebuilds:    e.stats.dedupRebuilds.Load(),
 	}
 	e.writeMu.Lock()
 	st.Healthy = e.broken == nil
