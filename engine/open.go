@@ -44,7 +44,8 @@ func Open(opts Options) (*Engine, error) {
 	}
 	db, err := pebble.Open(idxDir, popts)
 	if err != nil {
-		return nil, fmt.Errorf("cannot open index %s: %w", idxDir, err)
+		// Another process holding it is the usual cause besides damage.
+		return nil, fmt.Errorf("cannot open index %s: %w (if another sluice is not running on this data_dir, the index is damaged: run `sluice recover` to rebuild it from the segment files)", idxDir, err)
 	}
 	e := &Engine{
 		opts:          o,
