@@ -35,8 +35,11 @@ type Stats struct {
 	RejectedBacklog uint64
 	// LostRecords counts records found unreadable (corruption, missing
 	// files); TruncatedBytes the torn tails cut at recovery.
-	LostRecords     uint64
-	TruncatedBytes  uint64
+	LostRecords    uint64
+	TruncatedBytes uint64
+	// Lost lists every seq known lost, this process or before (the lost
+	// set in the index: LostRanges).
+	Lost            []SeqRange
 	StragglersMoved uint64
 	SegmentsCreated uint64
 	SegmentsDeleted uint64
@@ -90,6 +93,7 @@ func (e *Engine) Stats() Stats {
 
 		SegmentsRecycled: e.stats.segmentsRecycled.Load(),
 		DedupRebuilds:    e.stats.dedupRebuilds.Load(),
+		Lost:             e.LostRanges(),
 	}
 	e.writeMu.Lock()
 	st.Healthy = e.broken == nil
