@@ -375,6 +375,9 @@ func (e *Engine) Read(seq uint64, pos Pos) (Record, error) {
 			if gone { // reclaimed meanwhile (its file maybe reused): the straggler store has it
 				return e.Read(seq, pos)
 			}
+			if errors.Is(err, ErrCorrupt) {
+				e.recordLost(seq, seq, err.Error())
+			}
 			return Record{}, err
 		}
 		return rec, nil
