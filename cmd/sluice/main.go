@@ -173,6 +173,13 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) (err error) {
 			}
 		}
 	}()
+	// Before anything is served: a damaged paused file stops the start,
+	// and paused destinations are paused before their routers run.
+	admin, err := router.NewAdmin(eng, routers, router.AdminOptions{Token: cfg.AdminToken, Logger: log.With("component", "admin"),
+		PausedPath: filepath.Join(cfg.DataDir, "paused.json")})
+	if err != nil {
+		return err
+	}
 	srv, err := ingest.New(ingestOptions(cfg, log), ingest.Deps{Appender: eng, Stats: eng.Stats,
 		Metrics: []func(io.Writer){func(w io.Writer) { router.WriteMetrics(w, routers) }}})
 	if err != nil {
@@ -187,7 +194,6 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) (err error) {
 		ln.Close()
 		return fmt.Errorf("cannot listen on %s: %w", cfg.AdminListen, err)
 	}
-	admin := router.NewAdmin(eng, routers, router.AdminOptions{Token: cfg.AdminToken, Logger: log.With("component", "admin")})
 	log.Info("sluice serving", "listen", ln.Addr().String(), "admin", adminLn.Addr().String(), "data_dir", cfg.DataDir,
 		"sources", len(cfg.Sources), "destinations", len(cfg.Destinations), "version", version)
 	errc := make(chan error, 2)
