@@ -75,6 +75,10 @@ func serveCmd(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	// SIGHUP's default action ends the process: take it over first.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if *configPath == "" {
 		*configPath = findQuickstart()
 	}
@@ -90,11 +94,25 @@ func serveCmd(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	go ignoreHangups(ctx, hup, log)
 	if err := serve(ctx, cfg, log); err != nil {
 		log.Error("sluice stopped", "err", err)
 		return 1
 	}
 	return 0
+}
+
+// ignoreHangups logs each SIGHUP until ctx ends: a reload is what users
+// expect of it, and until that lands it must not end the process.
+func ignoreHangups(ctx context.Context, hup <-chan os.Signal, log *slog.Logger) {
+	for {
+		select {
+		case <-hup:
+			log.Info("SIGHUP received; config reload is not supported yet, ignoring")
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // procsFor returns the GOMAXPROCS to set, or 0 to keep the runtime's.
