@@ -548,6 +548,12 @@ func TestCorruptMissingSegment(t *testing.T) {
 			if _, err := e.Read(inVictim.Seq, inVictim.Pos); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("read of a lost record: %v, want ErrNotFound", err)
 			}
+			// Counted once: by Open, not again by the reader that crossed
+			// the hole.
+			readAll(t, e, 1)
+			if st := e.Stats(); st.LostRecords != uint64(len(gone)) || len(st.Lost) != 1 || st.Lost[0].Len() != uint64(len(gone)) {
+				t.Fatalf("after reading across the hole: LostRecords %d, lost %v, want %d once", st.LostRecords, st.Lost, len(gone))
+			}
 			// The consumer reads across the hole; appends continue after
 			// the last seq.
 			c = consumerOf(t, e, "c")
