@@ -103,7 +103,7 @@ func NewAdmin(eng *engine.Engine, routers []*Router, o AdminOptions) (*Admin, er
 		for _, name := range names {
 			r := a.routers[name]
 			if r == nil {
-				a.log.Warn("paused destination is no longer configured; forgotten", "destination", name, "file", a.pausedPath)
+				a.log.Warn("paused destination is no longer configured; ignored", "destination", name, "file", a.pausedPath)
 				continue
 			}
 			// No Run loop yet, so no lock: the goroutine that will run it
