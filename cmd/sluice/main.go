@@ -162,16 +162,7 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 // serve runs until ctx ends, then shuts down in order: stop accepting,
 // finish requests in flight, close the engine.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger) (err error) {
-	eng, err := engine.Open(engine.Options{
-		Dir:              cfg.DataDir,
-		Logger:           log.With("component", "engine"),
-		SegmentBytesMax:  cfg.Engine.SegmentBytesMax,
-		DiskBudgetBytes:  cfg.Engine.DiskBudgetBytes,
-		BacklogEventsMax: cfg.Engine.BacklogEventsMax,
-		DedupWindow:      cfg.Engine.DedupWindow,
-		DedupFilterBytes: cfg.Engine.DedupFilterBytes,
-		ReclaimInterval:  cfg.Engine.ReclaimInterval,
-	})
+	eng, err := engine.Open(engineOptions(cfg, log))
 	if err != nil {
 		return fmt.Errorf("cannot open engine: %w", err)
 	}
