@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 
@@ -38,6 +39,12 @@ func (s *Server) pixel(ctx *fasthttp.RequestCtx, typ []byte) {
 	defer s.states.Put(st)
 	st.b.reset()
 	st.body = pixelEvent(st.body[:0], ctx.QueryArgs())
+	// Query values arrive percent-decoded and ?data= base64-decoded: either
+	// may carry any bytes.
+	if !utf8.Valid(st.body) {
+		st.raw = s.repairUTF8(st.raw, st.body)
+		st.body, st.raw = st.raw, st.body
+	}
 	if status, msg := s.parse(ctx, st, st.body, endpoint{name: "pixel", pathType: typ}); status != 0 {
 		s.log.Debug("pixel event refused", "status", status, "err", msg)
 		return

@@ -63,7 +63,10 @@ type Server struct {
 
 // reqState is per-request scratch, pooled.
 type reqState struct {
-	b    builder
+	b builder
+	// raw holds a pixel's event after repair; body holds a decompressed or
+	// repaired body, or a pixel's event.
+	raw  []byte
 	body []byte
 	gz   *gzip.Reader
 	ri   requestInfo
@@ -234,11 +237,17 @@ func (s *Server) readBody(ctx *fasthttp.RequestCtx, st *reqState) ([]byte, int, 
 		return nil, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", s.opts.RequestBytesMax)
 	}
 	if !utf8.Valid(body) {
-		st.body = append(st.body[:0], bytes.ToValidUTF8(body, []byte("\uFFFD"))...)
+		st.body = s.repairUTF8(st.body, body)
 		body = st.body
-		s.metrics.utf8Repaired.Add(1)
 	}
 	return body, 0, ""
+}
+
+// repairUTF8 returns body with each run of invalid UTF-8 replaced by
+// U+FFFD, in dst's storage (body may alias dst).
+func (s *Server) repairUTF8(dst, body []byte) []byte {
+	s.metrics.utf8Repaired.Add(1)
+	return append(dst[:0], bytes.ToValidUTF8(body, []byte("\uFFFD"))...)
 }
 
 var errTooLarge = errors.New("too large")
@@ -452,7 +461,10 @@ func (s *Server) clientIP(ctx *fasthttp.RequestCtx, dst []byte) []byte {
 			if i := bytes.IndexByte(xff, ','); i >= 0 {
 				xff = xff[:i]
 			}
-			return bytes.TrimSpace(xff)
+			if xff = bytes.TrimSpace(xff); !utf8.Valid(xff) {
+				return s.repairUTF8(dst, xff)
+			}
+			return xff
 		}
 	}
 	addr, ok := netip.AddrFromSlice(ctx.RemoteIP())
