@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -85,6 +87,35 @@ func writeAtEnd(t *testing.T, fs vfs.FS, path string, b []byte) {
 	}
 }
 
+// unseal makes a closed engine's index look as a crash would have left it:
+// the segment that was active at Close is unsealed again, with the
+// manifest value it had while active (no records known, only the header),
+// so the next Open scans it for a torn tail.
+func unseal(t *testing.T, fs vfs.FS, id uint32) {
+	t.Helper()
+	quiet := pebbleLogger{slog.New(slog.DiscardHandler)}
+	db, err := pebble.Open("/data/index", &pebble.Options{FS: fs, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	v, closer, err := db.Get(segmentKey(id))
+	if err != nil {
+		t.Fatalf("manifest of segment %d: %v", id, err)
+	}
+	s, err := decodeManifest(id, v)
+	closer.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.sealed.Store(false)
+	s.lastSeq.Store(s.baseSeq - 1)
+	s.size.Store(segmentHeaderLen)
+	if err := db.Set(segmentKey(id), encodeManifest(s), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func fileData(t *testing.T, fs *vfs.MemFS, path string) []byte {
 	t.Helper()
 	b, err := fs.UnsafeGetFileDataBuffer(path)
@@ -131,6 +162,7 @@ func TestCorruptTornTail(t *testing.T) {
 			if err := e.Close(); err != nil {
 				t.Fatal(err)
 			}
+			unseal(t, fs, active)
 			tail := tc.tail(last+1, rng)
 			writeAtEnd(t, fs, segPath(active), tail)
 
@@ -166,16 +198,19 @@ func TestCorruptTornTail(t *testing.T) {
 }
 
 // TestCorruptSealedSegmentBitFlip flips one bit of an acknowledged frame in
-// a sealed segment: reading reports the rest of that segment lost and goes
-// on with the next one; nothing panics; other segments are intact.
+// a sealed segment: reading resynchronises at the next frame, so that one
+// record is reported lost (once, however many readers meet it) and every
+// other record of the segment is delivered; nothing panics.
 func TestCorruptSealedSegmentBitFlip(t *testing.T) {
 	flips := []struct {
 		name string
 		at   func(frameLen int) int // byte offset inside the frame
 	}{
 		{"length", func(int) int { return 2 }},
+		{"length-high", func(int) int { return 3 }},
 		{"checksum", func(int) int { return 5 }},
 		{"seq", func(int) int { return 9 }},
+		{"group-bit", func(int) int { return 15 }},
 		{"body", func(n int) int { return frameHeaderLen + (n-frameHeaderLen)/2 }},
 		{"last-byte", func(n int) int { return n - 1 }},
 	}
@@ -192,16 +227,7 @@ func TestCorruptSealedSegmentBitFlip(t *testing.T) {
 			// nor the last.
 			victim := all[500]
 			seg := victim.Pos.Segment()
-			var lost, segRecs []Record
-			for _, r := range all {
-				if r.Pos.Segment() == seg {
-					segRecs = append(segRecs, r)
-					if r.Seq >= victim.Seq {
-						lost = append(lost, r)
-					}
-				}
-			}
-			if segRecs[0].Seq == 1 || segRecs[len(segRecs)-1].Seq == all[len(all)-1].Seq || len(lost) == len(segRecs) {
+			if all[0].Pos.Segment() == seg || all[len(all)-1].Pos.Segment() == seg {
 				t.Fatalf("victim %d not inside a middle segment", victim.Seq)
 			}
 			frameLen := int(all[501].Pos.Offset() - victim.Pos.Offset())
@@ -210,120 +236,203 @@ func TestCorruptSealedSegmentBitFlip(t *testing.T) {
 
 			e, logs := openLogged(t, fs)
 			defer e.Close()
-			got := readAll(t, e, 1)
-			if len(got) != len(all)-len(lost) {
-				t.Fatalf("read %d records, want %d", len(got), len(all)-len(lost))
-			}
-			j := 0
-			for _, r := range all {
-				if r.Pos.Segment() == seg && r.Seq >= victim.Seq {
-					continue
+			for range 3 { // three readers: the loss is counted once
+				got := readAll(t, e, 1)
+				want := slices.Delete(slices.Clone(all), 500, 501)
+				if len(got) != len(want) {
+					t.Fatalf("read %d records, want %d", len(got), len(want))
 				}
-				if got[j].Seq != r.Seq || string(got[j].MessageID) != string(r.MessageID) {
-					t.Fatalf("record %d: got seq %d %q, want %d %q", j, got[j].Seq, got[j].MessageID, r.Seq, r.MessageID)
+				for j, r := range want {
+					if got[j].Seq != r.Seq || string(got[j].MessageID) != string(r.MessageID) {
+						t.Fatalf("record %d: got seq %d %q, want %d %q", j, got[j].Seq, got[j].MessageID, r.Seq, r.MessageID)
+					}
 				}
-				j++
 			}
-			if st := e.Stats(); st.LostRecords != uint64(len(lost)) {
-				t.Fatalf("LostRecords %d, want %d", st.LostRecords, len(lost))
+			if st := e.Stats(); st.LostRecords != 1 {
+				t.Fatalf("LostRecords %d, want 1", st.LostRecords)
 			}
-			if !strings.Contains(logs.all(), "records unreadable and skipped") {
+			if lost := e.LostRanges(); len(lost) != 1 || lost[0] != (SeqRange{victim.Seq, victim.Seq}) {
+				t.Fatalf("lost ranges %v, want [%d]", lost, victim.Seq)
+			}
+			if !strings.Contains(logs.all(), "acknowledged records lost") {
 				t.Fatalf("loss not logged:\n%s", logs.all())
 			}
 			if _, err := e.Read(victim.Seq, victim.Pos); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("read of the damaged record: %v, want ErrCorrupt", err)
 			}
-			if r, err := e.Read(segRecs[0].Seq, segRecs[0].Pos); err != nil || checkRec(r) != nil {
-				t.Fatalf("read of an intact record before the damage: %v", err)
+			for _, r := range []Record{all[499], all[501]} {
+				if got, err := e.Read(r.Seq, r.Pos); err != nil || checkRec(got) != nil {
+					t.Fatalf("read of intact record %d beside the damage: %v", r.Seq, err)
+				}
 			}
-			// From inside the damaged range without a hint the reader skips
-			// to the next segment; with the hint of an intact frame after
-			// the damage it starts there.
-			after := lost[len(lost)-1].Seq + 1
-			r, err := e.NewReader(victim.Seq+1, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := r.Next(nil, 1)
-			r.Close()
-			if err != nil || len(b) != 1 || b[0].Seq != after {
-				t.Fatalf("reader from %d: %v %d records, want seq %d", victim.Seq+1, err, len(b), after)
-			}
-			if len(lost) > 1 {
-				r, err = e.NewReader(lost[1].Seq, lost[1].Pos)
+			// A reader starting on the damaged record, with or without the
+			// hint of its position, starts with the next one.
+			for _, hint := range []Pos{0, victim.Pos} {
+				r, err := e.NewReader(victim.Seq, hint)
 				if err != nil {
 					t.Fatal(err)
 				}
-				b, err = r.Next(nil, 1)
+				b, err := r.Next(nil, 1)
 				r.Close()
-				if err != nil || len(b) != 1 || b[0].Seq != lost[1].Seq {
-					t.Fatalf("hinted reader from %d: %v %v", lost[1].Seq, err, b)
+				if err != nil || len(b) != 1 || b[0].Seq != victim.Seq+1 {
+					t.Fatalf("reader from %d (hint %v): %v %d records", victim.Seq, hint, err, len(b))
 				}
 			}
-			// Appends go on.
-			ids = appendIDs(t, e, "b", 0, 10, 10)
+			// Appends go on; after a restart the loss is still known and
+			// not reported again.
+			appendIDs(t, e, "b", 0, 10, 10)
 			if got := readAll(t, e, all[len(all)-1].Seq+1); len(got) != 10 || got[0].Seq != all[len(all)-1].Seq+1 {
 				t.Fatalf("after corruption: read %d new records", len(got))
+			}
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+			e, logs = openLogged(t, fs)
+			defer e.Close()
+			if got := readAll(t, e, 1); len(got) != len(all)+9 {
+				t.Fatalf("after restart: read %d records, want %d", len(got), len(all)+9)
+			}
+			if st := e.Stats(); st.LostRecords != 0 || len(e.LostRanges()) != 1 {
+				t.Fatalf("after restart: LostRecords %d, ranges %v", st.LostRecords, e.LostRanges())
 			}
 		})
 	}
 }
 
-// TestCorruptActiveSegmentBitFlip flips a bit in an acknowledged record of
-// the segment that was active at Close. Open cannot tell it from a torn
-// tail by the file alone, but the dedup checkpoint shows the records past
-// the cut were acknowledged: they are reported lost and their seqs are not
-// reused.
-func TestCorruptActiveSegmentBitFlip(t *testing.T) {
+// TestCorruptSealedSegmentManyFlips damages several frames of one sealed
+// segment, adjacent and apart: exactly those are lost.
+func TestCorruptSealedSegmentManyFlips(t *testing.T) {
 	fs := vfs.NewMem()
 	e, _ := openLogged(t, fs)
-	c := consumerOf(t, e, "c")
-	ids := appendIDs(t, e, "a", 0, 50, 10)
+	ids := appendIDs(t, e, "a", 0, 1000, 25)
 	all := expectLog(t, e, 1, ids)
-	tx := c.Begin()
-	tx.Advance(all[49].Seq+1, 0)
-	if err := tx.CommitSync(); err != nil {
-		t.Fatal(err)
-	}
-	if all[10].Pos.Segment() != e.active.id || all[49].Pos.Segment() != e.active.id {
-		t.Fatalf("records 11..50 not in the active segment")
-	}
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	fileData(t, fs, segPath(all[10].Pos.Segment()))[int(all[10].Pos.Offset())+frameHeaderLen+4] ^= 1
-
-	e, logs := openLogged(t, fs)
+	victims := []int{400, 401, 402, 450, 480}
+	for _, v := range victims {
+		data := fileData(t, fs, segPath(all[v].Pos.Segment()))
+		data[int(all[v].Pos.Offset())+frameHeaderLen+3] ^= 0xff
+	}
+	e, _ = openLogged(t, fs)
 	defer e.Close()
-	if st := e.Stats(); st.LostRecords != 40 {
-		t.Fatalf("LostRecords %d, want 40\n%s", st.LostRecords, logs.all())
+	got := readAll(t, e, 1)
+	if len(got) != len(all)-len(victims) {
+		t.Fatalf("read %d records, want %d", len(got), len(all)-len(victims))
 	}
-	if e.LastSeq() != 50 {
-		t.Fatalf("LastSeq %d, want 50", e.LastSeq())
+	want := []SeqRange{{all[400].Seq, all[402].Seq}, {all[450].Seq, all[450].Seq}, {all[480].Seq, all[480].Seq}}
+	if lost := e.LostRanges(); !slices.Equal(lost, want) {
+		t.Fatalf("lost %v, want %v", lost, want)
 	}
-	if cur, _ := consumerOf(t, e, "c").Cursor(); cur != 51 {
-		t.Fatalf("cursor %d, want 51", cur)
+}
+
+// TestCorruptActiveSegmentBitFlip flips a bit in an acknowledged record of
+// the segment that was active at a crash. The file alone could be a torn
+// tail, but later frames that start a group prove the record was
+// acknowledged: only it is reported lost, the records after it are kept,
+// and no seq is reused. With dedup on or off: the proof does not come from
+// the dedup checkpoint, nor from a consumer's cursor.
+func TestCorruptActiveSegmentBitFlip(t *testing.T) {
+	for _, dedup := range []bool{true, false} {
+		t.Run(fmt.Sprintf("dedup=%v", dedup), func(t *testing.T) {
+			fs := vfs.NewMem()
+			opts := crashOptions(fs, nil)
+			if !dedup {
+				opts.DedupWindow = -1
+			}
+			e, err := Open(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := appendIDs(t, e, "a", 0, 50, 10)
+			all := expectLog(t, e, 1, ids)
+			if all[10].Pos.Segment() != e.active.id || all[49].Pos.Segment() != e.active.id {
+				t.Fatalf("records 11..50 not in the active segment")
+			}
+			active := e.active.id
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+			unseal(t, fs, active)
+			fileData(t, fs, segPath(active))[int(all[10].Pos.Offset())+frameHeaderLen+4] ^= 1
+
+			logs := &logCapture{}
+			opts.Logger = logs.logger()
+			e, err = Open(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			if st := e.Stats(); st.LostRecords != 1 || st.TruncatedBytes != 0 {
+				t.Fatalf("LostRecords %d (want 1), truncated %d\n%s", st.LostRecords, st.TruncatedBytes, logs.all())
+			}
+			if lost := e.LostRanges(); !slices.Equal(lost, []SeqRange{{11, 11}}) {
+				t.Fatalf("lost %v, want [11]", lost)
+			}
+			if e.LastSeq() != 50 {
+				t.Fatalf("LastSeq %d, want 50", e.LastSeq())
+			}
+			want := slices.Delete(slices.Clone(ids), 10, 11)
+			if got := readAll(t, e, 1); len(got) != len(want) || got[10].Seq != 12 {
+				t.Fatalf("read %d records, want %d", len(got), len(want))
+			}
+			res, err := e.Append(context.Background(), recsFor([]string{"new"}))
+			if err != nil || res.LastSeq != 51 {
+				t.Fatalf("append after loss: %+v %v (a seq reused?)", res, err)
+			}
+		})
 	}
-	if strings.Contains(logs.all(), "cursor past the log's end") {
-		t.Fatalf("cursor clamped:\n%s", logs.all())
-	}
-	if got := readAll(t, e, 1); len(got) != 10 || got[9].Seq != 10 {
-		t.Fatalf("read %d records", len(got))
-	}
-	res, err := e.Append(context.Background(), recsFor([]string{"new"}))
-	if err != nil || res.LastSeq != 51 {
-		t.Fatalf("append after loss: %+v %v (a lost seq reused?)", res, err)
-	}
-	if got := readAll(t, e, 11); len(got) != 1 || got[0].Seq != 51 || string(got[0].MessageID) != "new" {
-		t.Fatalf("reading across the lost range: %v", got)
-	}
-	if err := e.Close(); err != nil {
-		t.Fatal(err)
-	}
-	e2, _ := openLogged(t, fs)
-	defer e2.Close()
-	if st := e2.Stats(); st.LostRecords != 0 || e2.LastSeq() != 51 {
-		t.Fatalf("second open: lost %d, LastSeq %d", st.LostRecords, e2.LastSeq())
+}
+
+// TestCorruptActiveTornAfterAck tears the active segment inside its last
+// group (never acknowledged: no group after it) and inside an earlier,
+// acknowledged one whose tail is gone entirely, with dedup off: the first
+// is cut silently, the second reported lost by seq, its seqs not reused.
+func TestCorruptActiveTornAfterAck(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		cutAt     int // record index whose frame is cut in half
+		lost      []SeqRange
+		nextSeq   uint64
+		truncated bool
+	}{
+		{"last-group", 45, nil, 46, true},
+		{"first-record-of-last-group", 40, nil, 41, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := vfs.NewMem()
+			opts := crashOptions(fs, nil)
+			opts.DedupWindow = -1
+			e, err := Open(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := appendIDs(t, e, "a", 0, 50, 10)
+			all := expectLog(t, e, 1, ids)
+			active := e.active.id
+			if err := e.Close(); err != nil {
+				t.Fatal(err)
+			}
+			unseal(t, fs, active)
+			// Zero the file from the middle of the victim's frame on, as a
+			// crash during its group's write leaves it.
+			data := fileData(t, fs, segPath(active))
+			from := int(all[tc.cutAt].Pos.Offset()) + 20
+			clear(data[from:])
+			e, err = Open(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			st := e.Stats()
+			if st.LostRecords != 0 || (st.TruncatedBytes > 0) != tc.truncated {
+				t.Fatalf("lost %d, truncated %d", st.LostRecords, st.TruncatedBytes)
+			}
+			if e.LastSeq() != tc.nextSeq-1 {
+				t.Fatalf("LastSeq %d, want %d", e.LastSeq(), tc.nextSeq-1)
+			}
+			expectLog(t, e, 1, ids[:tc.nextSeq-1])
+		})
 	}
 }
 
@@ -348,6 +457,9 @@ func TestCorruptSegmentHeader(t *testing.T) {
 			}
 			if err := e.Close(); err != nil {
 				t.Fatal(err)
+			}
+			if which == "active" {
+				unseal(t, fs, seg)
 			}
 			for _, off := range []int{3, 13, 17, 29} { // magic, id, baseSeq, crc
 				fileData(t, fs, segPath(seg))[off] ^= 0x04
@@ -436,6 +548,12 @@ func TestCorruptMissingSegment(t *testing.T) {
 			if _, err := e.Read(inVictim.Seq, inVictim.Pos); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("read of a lost record: %v, want ErrNotFound", err)
 			}
+			// Counted once: by Open, not again by the reader that crossed
+			// the hole.
+			readAll(t, e, 1)
+			if st := e.Stats(); st.LostRecords != uint64(len(gone)) || len(st.Lost) != 1 || st.Lost[0].Len() != uint64(len(gone)) {
+				t.Fatalf("after reading across the hole: LostRecords %d, lost %v, want %d once", st.LostRecords, st.Lost, len(gone))
+			}
 			// The consumer reads across the hole; appends continue after
 			// the last seq.
 			c = consumerOf(t, e, "c")
@@ -465,14 +583,18 @@ func consumerOf(t *testing.T, e *Engine, name string) *Consumer {
 }
 
 // TestCorruptStraySegmentFiles puts segment files the manifest does not
-// name into the log directory (a crash during creation or deletion): Open
-// removes them, never reads them, and never reuses their ids.
+// name into the log directory. Those holding no record the log still needs
+// (a crash while deleting a consumed segment or preparing a recycled file,
+// garbage, an empty file) are removed, never read, and their ids never
+// reused. One holding records the index does not know makes Open refuse,
+// changing nothing.
 func TestCorruptStraySegmentFiles(t *testing.T) {
 	fs := vfs.NewMem()
 	e, _ := openLogged(t, fs)
 	c := consumerOf(t, e, "c")
 	ids := appendIDs(t, e, "a", 0, 600, 30)
 	all := expectLog(t, e, 1, ids)
+	consumed := slices.Clone(fileData(t, fs, segPath(all[0].Pos.Segment())))
 	// Reclaim the first segments so that a stray can reuse a deleted id.
 	tx := c.Begin()
 	tx.Advance(all[300].Seq, all[300].Pos)
@@ -486,11 +608,10 @@ func TestCorruptStraySegmentFiles(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// A copy of a live segment under a deleted id, garbage under a high
-	// id, an empty file, and files that are not segments.
 	live := slices.Clone(fileData(t, fs, segPath(all[len(all)-1].Pos.Segment())))
 	strays := map[string][]byte{
-		segmentFileName(1):  live,
+		segmentFileName(1):  consumed, // deleted from the manifest, not yet from the disk
+		segmentFileName(98): consumed, // a recycled spare with its older bytes
 		segmentFileName(99): []byte("not a segment at all"),
 		segmentFileName(0):  nil,
 	}
@@ -501,8 +622,24 @@ func TestCorruptStraySegmentFiles(t *testing.T) {
 	for name, b := range others {
 		writeFile(t, fs, "/data/log/"+name, b)
 	}
+	// A copy of live records under an id below the manifest's: not a
+	// leftover of anything the engine does. Open refuses and removes
+	// nothing.
+	writeFile(t, fs, "/data/log/"+segmentFileName(2), live)
+	logs := &logCapture{}
+	if _, err := Open(crashOptions(fs, logs.logger())); !errors.Is(err, ErrIndexDamaged) || !strings.Contains(err.Error(), "sluice recover") {
+		t.Fatalf("open with an unknown live segment: %v, want ErrIndexDamaged naming sluice recover", err)
+	}
+	for name := range strays {
+		if _, err := fs.Stat("/data/log/" + name); err != nil && len(strays[name]) > 0 && name != segmentFileName(99) {
+			t.Fatalf("refused open removed %s: %v", name, err)
+		}
+	}
+	if err := fs.Remove("/data/log/" + segmentFileName(2)); err != nil {
+		t.Fatal(err)
+	}
 
-	e, logs := openLogged(t, fs)
+	e, logs = openLogged(t, fs)
 	defer e.Close()
 	for name := range strays {
 		if _, err := fs.Stat("/data/log/" + name); err == nil {

@@ -109,6 +109,11 @@ type dedup struct {
 
 	hashBuf []byte
 
+	// damaged lists the generations that lost a run to damage since the
+	// last rebuild; onDamage asks for one (deduprebuild.go).
+	damaged  map[uint32]bool
+	onDamage func()
+
 	lookups, hits, indexGets, flushes, merges uint64
 }
 
@@ -242,7 +247,8 @@ func (d *dedup) load(now time.Time) error {
 		}
 		r, err := d.loadRun(m.id, m.gen, m.n)
 		if err != nil {
-			d.log.Error("dedup run unreadable: dropped; duplicates of its events may be stored again", "err", err)
+			d.log.Error("dedup run unreadable: dropped; its keys are rebuilt from the retained log", "err", err)
+			d.markDamaged(m.gen)
 			if err := b.Delete(dedupRunKey(m.id), nil); err != nil {
 				return fmt.Errorf("cannot drop dedup run %d: %w", m.id, err)
 			}
@@ -482,9 +488,11 @@ func (d *dedup) known(h hash128) (bool, error) {
 
 // dropDamaged takes a run whose block failed its checksum out of the
 // lookups and the index, as load does with a run it cannot read: appends
-// go on, and duplicates of its events may be stored again.
+// go on, and the generation's keys are rebuilt from the retained log
+// (until then, duplicates of its events may be stored again).
 func (d *dedup) dropDamaged(g *genIndex, r *run, err error) {
-	d.log.Error("dedup run damaged: dropped; duplicates of its events may be stored again", "err", err)
+	d.log.Error("dedup run damaged: dropped; its keys are rebuilt from the retained log", "err", err)
+	d.markDamaged(g.gen)
 	g.runs = slices.DeleteFunc(g.runs, func(x *run) bool { return x == r })
 	if derr := d.dropRuns([]*run{r}); derr != nil {
 		d.log.Warn("cannot drop damaged dedup run from the index", "err", derr)
@@ -867,15 +875,42 @@ func (d *dedup) close() error {
 }
 
 // replay adds the key of a record found in the log past the checkpoint.
-func (d *dedup) replay(r *Record, now time.Time) {
+func (d *dedup) replay(r *Record, now time.Time) { d.replayIn(r, now, nil) }
+
+// replayIn is replay for records of the generations in gens only (all
+// when nil); it reports whether it added the key.
+func (d *dedup) replayIn(r *Record, now time.Time, gens map[uint32]bool) bool {
 	if !d.enabled || len(r.MessageID) == 0 {
-		return
+		return false
 	}
 	t := time.Unix(0, r.ReceivedAt)
 	if t.Before(now.Add(-d.window)) || t.After(now) {
 		t = now
 	}
-	h, gen := d.hash(r.Source, r.MessageID), d.genOf(t)
+	gen := d.genOf(t)
+	if gens != nil && !gens[gen] {
+		return false
+	}
+	h := d.hash(r.Source, r.MessageID)
 	d.fresh.Set(h, gen)
 	d.add(h, gen)
+	return true
+}
+
+// markDamaged records that gen lost a run and asks for a rebuild.
+func (d *dedup) markDamaged(gen uint32) {
+	if d.damaged == nil {
+		d.damaged = make(map[uint32]bool)
+	}
+	d.damaged[gen] = true
+	if d.onDamage != nil {
+		d.onDamage()
+	}
+}
+
+// takeDamaged returns the generations to rebuild and forgets them.
+func (d *dedup) takeDamaged() map[uint32]bool {
+	g := d.damaged
+	d.damaged = nil
+	return g
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -439,15 +440,72 @@ func TestDedupDamagedRunDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	res, err := e.Append(context.Background(), recsFor(ids))
-	if err != nil {
-		t.Fatalf("append after the run was damaged: %v", err)
+	// Resend one event at a time until a lookup meets the damage; the
+	// events not resent yet had their keys only in the dropped run.
+	k := 0
+	for ; k < len(ids) && e.Stats().DedupRuns == 1; k++ {
+		if _, err := e.Append(context.Background(), recsFor(ids[k:k+1])); err != nil {
+			t.Fatalf("append after the run was damaged: %v", err)
+		}
 	}
-	if res.Stored+res.Duplicates != len(ids) || e.Stats().DedupRuns != 0 {
-		t.Fatalf("append: %+v; %d runs left", res, e.Stats().DedupRuns)
+	if e.Stats().DedupRuns != 0 || k == len(ids) {
+		t.Fatalf("the damaged run was not dropped (%d runs after %d resends)", e.Stats().DedupRuns, k)
 	}
 	if !strings.Contains(logs.all(), "dedup run damaged") {
 		t.Fatalf("the damaged run was not logged:\n%s", logs.all())
+	}
+	// The keys the run held come back from the log: every event not yet
+	// resent is a duplicate.
+	deadline := time.Now().Add(time.Minute)
+	for e.Stats().DedupRebuilds == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if res, err := e.Append(context.Background(), recsFor(ids[k:])); err != nil || res.Duplicates != len(ids)-k {
+		t.Fatalf("resend after the rebuild: %+v %v, want %d duplicates", res, err, len(ids)-k)
+	}
+}
+
+// A dedup run damaged while the engine was stopped is dropped at Open and
+// its keys rebuilt from the retained log before Open returns.
+func TestDedupDamagedRunRebuiltAtOpen(t *testing.T) {
+	fs := vfs.NewMem()
+	o := testOptions(fs)
+	o.DedupIndexBatchKeys = 1 << 20 // one run, written by Close
+	e, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := batchIDs("d", 0, 500)
+	if _, err := e.Append(context.Background(), recsFor(ids)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	names, _ := fs.List("/data/dedup")
+	if len(names) != 1 {
+		t.Fatalf("dedup files %v, want one run", names)
+	}
+	f, err := fs.OpenReadWrite("/data/dedup/"+names[0], vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff}, 100); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	logs := &logCapture{}
+	o.Logger = logs.logger()
+	e, err = Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if !strings.Contains(logs.all(), "dedup run unreadable") {
+		t.Fatalf("the damaged run was not logged:\n%s", logs.all())
+	}
+	if res, err := e.Append(context.Background(), recsFor(ids)); err != nil || res.Duplicates != len(ids) {
+		t.Fatalf("resend after reopening: %+v %v, want %d duplicates", res, err, len(ids))
 	}
 }
 

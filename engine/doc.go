@@ -30,6 +30,7 @@
 //	Dir/
 //	  log/0000000001.seg   segment files (segment.go: header; record.go: frames)
 //	  log/0000000002.seg
+//	  log/aside/           files Recover set aside (never deleted)
 //	  index/               Pebble (keys.go: key layout)
 //	  dedup/0000000000000001.run  dedup runs: sorted keys of one generation (dedupruns.go)
 //	  reserve              room for the index on a full disk (diskfull.go)
@@ -42,14 +43,16 @@
 //	crc = CRC-32C(seq || body), little-endian integers.
 //	body = receivedAt i64 | type | source | messageId | key | payload
 //	(the four fields each uvarint-length-prefixed; payload is the rest)
+//	seq's top bit (segment format 2): the first frame of a group commit.
 //
 // The index holds the segment manifest, consumers and their cursors,
 // exception entries (failed, skipped, aborted) with their secondary indexes
 // (due time, ordering key), barriers, straggler copies, the names of the
 // dedup runs and the dedup checkpoint (keys.go has the layout). Integers in
-// keys are big-endian. The segment format version (1) is in every segment
+// keys are big-endian. The segment format version (2) is in every segment
 // header, the index version (3) in the index under 0x01 'v'; every layout
-// marked "frozen" changes only with a new version. Version 1 kept dedup keys
+// marked "frozen" changes only with a new version (segment format 1 files
+// are read as they are). Version 1 kept dedup keys
 // in Pebble by (source, messageId), version 2 by generation and a 128-bit
 // hash; version 3 keeps the hashes in dedup runs, files of fixed-width
 // sorted keys (dedupruns.go) that the engine merges itself. Open migrates
@@ -78,15 +81,34 @@
 //
 // # Recovery
 //
-// Open removes segment files the manifest does not name, scans the active
-// segment frame by frame and cuts it at the first bad frame (a torn tail,
-// beyond the last acknowledged record because acknowledgement follows
-// fsync; or, in a recycled file, the older segment's bytes), replays the log past the dedup checkpoint into the dedup index,
-// and loads cursors and entry counts from the index alone. The dedup
-// checkpoint moves with each batch of dedup runs, always to records already
-// fsynced: a log that ends before it lost acknowledged records (damage, a deleted file), which are reported
-// (Stats.LostRecords) and whose seqs are never reused. It always starts
-// a fresh active segment. Corruption inside a sealed segment is found when
-// it is read: the rest of that segment is reported (Stats.LostRecords and an
-// error log line) and skipped.
+// Segment files are the source of truth for payloads (recovery.go). Open
+// reconciles the manifest with the log directory: a segment whose file is
+// gone is reported lost; a file the manifest does not name is removed only
+// when it holds no record still needed (a crash while deleting a consumed
+// segment, a recycled file's older bytes, garbage); files past the
+// manifest's end (the index lost its newest writes) are adopted; any other
+// file holding records makes Open refuse with ErrIndexDamaged, changing
+// nothing, and Recover (`sluice recover`) rebuilds the index from the
+// segments (rebuild.go). A missing index folder, or an empty index beside
+// segment files, is refused the same way.
+//
+// The last segment is scanned frame by frame; past a bad frame the scanner
+// resynchronises at the next valid one (scan.go). The first frame of every
+// group commit carries a flag (segment format 2, record.go): a valid
+// group-start frame with seq s proves that every seq below s was
+// acknowledged, because a group is written only after the one before it
+// was fsynced. So a gap that ends at or below the highest seq known
+// acknowledged (group starts, the dedup checkpoint, cursors) lost
+// acknowledged records: they are reported and their seqs never reused; the
+// first gap past it is a torn, never-acknowledged tail, cut there. Close
+// seals the active segment, so after a clean stop nothing is scanned.
+//
+// A frame damaged in a sealed segment is found when it is read: the reader
+// resynchronises at the next frame, and only the damaged record is lost.
+// Every loss goes into the lost set (lost.go, index key 0x0f): logged at
+// ERROR and counted in Stats.LostRecords once, whichever reader meets it,
+// and listed by LostRanges. Open then replays the log past the dedup
+// checkpoint into the dedup index (and the whole retained log for a
+// generation whose dedup run was damaged: deduprebuild.go), loads cursors
+// and entry counts from the index alone, and starts a fresh active segment.
 package engine

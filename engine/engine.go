@@ -22,6 +22,8 @@ type Engine struct {
 	logDir string
 
 	// segMu guards the segments slice (not the segments' atomic fields).
+	// The slice is replaced, never edited in place, so a reader may keep
+	// using the one it took under segMu after releasing it.
 	segMu    sync.RWMutex
 	segments []*segment // ordered by id; the last one is active
 
@@ -48,6 +50,8 @@ type Engine struct {
 	free        []keptFile
 	keptBytes   atomic.Int64 // on disk in free and the spare
 	spareWanted chan struct{}
+	// rebuildWanted wakes dedupRebuildLoop (deduprebuild.go).
+	rebuildWanted chan struct{}
 
 	// hwm is the last durable, readable seq. Readers never go past it.
 	hwm      atomic.Uint64
@@ -66,6 +70,7 @@ type Engine struct {
 	diskUsage atomic.Int64 // segments + index, refreshed by the reclaimer
 	stats     counters
 	disk      *diskWatch // free-space floor and reserve file (diskfull.go)
+	lost      lostSet
 
 	closeOnce sync.Once
 	closing   chan struct{}
@@ -296,7 +301,11 @@ func (e *Engine) prepareLocked(group []*appendReq) *syncJob {
 				continue
 			}
 			r.Seq = seq
-			*buf = appendFrame(*buf, seq, r)
+			stored := seq
+			if seq == j.first {
+				stored |= frameGroupStart
+			}
+			*buf = appendFrame(*buf, stored, r)
 			req.res.Stored++
 			req.res.LastSeq = seq
 			seq++
@@ -525,6 +534,16 @@ func (e *Engine) Close() error {
 				err = fmt.Errorf("cannot close active segment: %w", cerr)
 			}
 			e.file = nil
+		}
+		// Seal the active segment at its durable end: the next Open then
+		// knows where the log ends without scanning for a torn tail, and
+		// damage found in it later is read around like any sealed
+		// segment's.
+		if a := e.active; a != nil {
+			a.sealed.Store(true)
+			if serr := e.db.Set(segmentKey(a.id), encodeManifest(a), pebble.NoSync); serr != nil && err == nil {
+				err = fmt.Errorf("cannot seal the active segment: %w", serr)
+			}
 		}
 		e.writeMu.Unlock()
 		if ferr := e.db.LogData(nil, pebble.Sync); ferr != nil && err == nil {

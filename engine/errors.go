@@ -31,6 +31,10 @@ var (
 	ErrInvalidRecord = errors.New("invalid record")
 	// ErrCorrupt: stored bytes failed their checksum or framing checks.
 	ErrCorrupt = errors.New("corrupt data")
+	// ErrIndexDamaged: the index does not describe the segment files (it
+	// is missing, or damaged in a way Open cannot repair by itself). Open
+	// changed nothing; Recover rebuilds the index from the segments.
+	ErrIndexDamaged = errors.New("index missing or damaged")
 	// ErrNotFound: no such record, entry or consumer.
 	ErrNotFound = errors.New("not found")
 	// ErrIllegalTransition: a state transition outside the table in state.go.

@@ -21,6 +21,7 @@ import "encoding/binary"
 //	0x0c                                    → dedup checkpoint: seq u64
 //	0x0d                                    → next consumer id (u32)
 //	0x0e id u64                             → dedup run: gen u32 | entries u64
+//	0x0f first u64                          → lost seqs first..last: last u64
 const (
 	prefixVersion    = 0x01
 	prefixSegment    = 0x02
@@ -36,12 +37,14 @@ const (
 	prefixDedupCkpt  = 0x0c
 	prefixConsumerID = 0x0d
 	prefixDedupRun   = 0x0e
+	prefixLost       = 0x0f
 )
 
-// segmentVersion is stored in every segment header; indexVersion under
+// segmentVersion is stored in every segment header (version 1 files are
+// read as they are: they never set frameGroupStart); indexVersion under
 // keyVersion.
 const (
-	segmentVersion = 1
+	segmentVersion = 2
 	indexVersion   = 3
 )
 
@@ -95,6 +98,10 @@ func barrierKey(cid uint32, key []byte) []byte {
 
 func stragglerKey(seq uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte{prefixStraggler}, seq)
+}
+
+func lostKey(first uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte{prefixLost}, first)
 }
 
 func dedupRunKey(id uint64) []byte {

@@ -93,6 +93,60 @@ func (s *frameScanner) refill() error {
 	return nil
 }
 
+// resync looks past a bad frame for the next valid one: the first offset
+// from s.off on (below the limit) where a whole frame decodes, passes its
+// checksum and carries a seq in [minSeq, maxSeq] (the frame at s.off itself
+// qualifies when only its seq was unexpected). A frame's length and seq
+// are checked before its checksum, so the search costs little per byte;
+// JSON payloads cannot hold a forged frame, whose length and seq fields
+// start with zero bytes. On success the scanner continues at that frame and
+// resync reports true; its buffer is dropped, so records returned before
+// are no longer valid. Recovery and reads of damaged sealed segments use
+// it: one bad frame loses that frame, not the rest of its segment.
+func (s *frameScanner) resync(minSeq, maxSeq uint64) (bool, error) {
+	if minSeq > maxSeq {
+		return false, nil
+	}
+	win := make([]byte, readChunkBytes+s.maxFrame)
+	start := s.off
+	for start+frameLenMin <= s.limit {
+		n := int(min(int64(len(win)), s.limit-start))
+		got, err := s.f.ReadAt(win[:n], start)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return false, fmt.Errorf("cannot read segment at %d: %w", start, err)
+		}
+		buf := win[:got]
+		next := start + int64(max(got-frameHeaderLen+1, 1))
+		for i := 0; i+frameHeaderLen <= len(buf); i++ {
+			bodyLen := int(binary.LittleEndian.Uint32(buf[i:]))
+			if bodyLen < frameLenMin-frameHeaderLen || frameHeaderLen+bodyLen > s.maxFrame {
+				continue
+			}
+			seq := binary.LittleEndian.Uint64(buf[i+8:]) &^ frameGroupStart
+			if seq < minSeq || seq > maxSeq {
+				continue
+			}
+			end := i + frameHeaderLen + bodyLen
+			if end > len(buf) {
+				if start+int64(end) > s.limit || i == 0 {
+					continue // cut by the end of data
+				}
+				next = start + int64(i) // read on from here
+				break
+			}
+			if _, _, err := decodeFrame(buf[i:end], s.maxFrame); err == nil {
+				s.off, s.pos, s.end, s.seq = start+int64(i), 0, 0, seq
+				return true, nil
+			}
+		}
+		if got == 0 {
+			break
+		}
+		start = next
+	}
+	return false, nil
+}
+
 // Reader reads the log in sequence order, never past the durable
 // high-water mark. It is not safe for concurrent use.
 type Reader struct {
@@ -230,12 +284,21 @@ func (r *Reader) nextSegment() bool {
 	return true
 }
 
-// skipCorrupt gives up on the rest of a sealed segment whose frame failed
-// its checks: the records are reported lost, and reading goes on with the
-// next segment.
+// skipCorrupt steps over a frame of a sealed segment that failed its
+// checks: reading resumes at the next valid frame of the segment, and the
+// seqs between are reported lost; with none, the rest of the segment is.
 func (r *Reader) skipCorrupt(cause error) {
-	last := r.seg.lastSeq.Load()
-	r.reportLost(r.sc.seq, last, cause.Error())
+	first, last := r.sc.seq, r.seg.lastSeq.Load()
+	ok, err := r.sc.resync(first, last)
+	if err != nil {
+		r.e.log.Error("cannot look past a damaged frame", "segment", r.seg.id, "offset", r.sc.off, "err", err)
+	}
+	if ok {
+		r.reportLost(first, r.sc.seq-1, cause.Error())
+		r.next = max(r.next, r.sc.seq)
+		return
+	}
+	r.reportLost(first, last, cause.Error())
 	r.next = last + 1
 	if !r.nextSegment() {
 		r.sc.off, r.sc.pos, r.sc.end = r.sc.limit, 0, 0
@@ -243,11 +306,7 @@ func (r *Reader) skipCorrupt(cause error) {
 }
 
 func (r *Reader) reportLost(first, last uint64, why string) {
-	if last < first {
-		return
-	}
-	r.e.stats.lostRecords.Add(last - first + 1)
-	r.e.log.Error("records unreadable and skipped", "first_seq", first, "last_seq", last, "reason", why)
+	r.e.recordLost(first, last, why)
 }
 
 // Close releases the reader's file.
@@ -315,6 +374,9 @@ func (e *Engine) Read(seq uint64, pos Pos) (Record, error) {
 			e.segMu.RUnlock()
 			if gone { // reclaimed meanwhile (its file maybe reused): the straggler store has it
 				return e.Read(seq, pos)
+			}
+			if errors.Is(err, ErrCorrupt) {
+				e.recordLost(seq, seq, err.Error())
 			}
 			return Record{}, err
 		}

@@ -150,7 +150,9 @@ func (e *Engine) deleteSegment(s *segment, consumers []*Consumer) error {
 		return fmt.Errorf("cannot drop segment %d from manifest: %w", s.id, err)
 	}
 	e.segMu.Lock()
-	e.segments = slices.DeleteFunc(e.segments, func(x *segment) bool { return x == s })
+	// A new slice, never an edit in place: readers iterate the one they
+	// took under segMu after releasing it.
+	e.segments = slices.DeleteFunc(slices.Clone(e.segments), func(x *segment) bool { return x == s })
 	e.segMu.Unlock()
 	e.stats.stragglersMoved.Add(uint64(len(moved)))
 	e.stats.segmentsDeleted.Add(1)

@@ -33,6 +33,10 @@ type Record struct {
 	Key []byte
 	// Payload is the event's JSON as stored.
 	Payload []byte
+
+	// groupStart is set on read when the frame was the first of its group
+	// commit: every record before it was acknowledged (segment format 2).
+	groupStart bool
 }
 
 // Pos locates a record: the segment's id in the high 32 bits, the frame's
@@ -57,7 +61,7 @@ const (
 	keyBytesMax       = 1024
 )
 
-// Frame layout, frozen (format version 1):
+// Frame layout, frozen (format versions 1 and 2):
 //
 //	+----------+----------+----------+--------------------------------+
 //	| len u32  | crc u32  | seq u64  | body (len bytes)               |
@@ -66,7 +70,20 @@ const (
 //
 //	body = receivedAt i64 | uvarint len, type | uvarint len, source |
 //	       uvarint len, messageId | uvarint len, key | payload (the rest)
-const frameHeaderLen = 16
+//
+// Format 2 gives the seq field's top bit a meaning: frameGroupStart marks
+// the first frame of a group commit. A group is written only after the one
+// before it was fsynced and acknowledged, so a valid group-start frame with
+// seq s proves that every seq below s was acknowledged: recovery tells a
+// torn, never-acknowledged tail from acknowledged records that were lost,
+// whatever else the index holds (recovery.go). Format 1 never sets it.
+const (
+	frameHeaderLen  = 16
+	frameGroupStart = uint64(1) << 63
+	// frameLenMin is the smallest frame: header, receivedAt and four empty
+	// fields.
+	frameLenMin = frameHeaderLen + 8 + 4
+)
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -94,7 +111,8 @@ func frameLen(r *Record) int {
 		len(r.Type) + len(r.Source) + len(r.MessageID) + len(r.Key) + len(r.Payload)
 }
 
-// appendFrame appends r's frame with sequence number seq to dst.
+// appendFrame appends r's frame with sequence number seq to dst; seq may
+// carry frameGroupStart.
 func appendFrame(dst []byte, seq uint64, r *Record) []byte {
 	start := len(dst)
 	dst = append(dst, make([]byte, frameHeaderLen)...)
@@ -137,6 +155,8 @@ func decodeFrame(buf []byte, recordBytesMax int) (Record, int, error) {
 		return r, 0, fmt.Errorf("frame checksum mismatch: %w", ErrCorrupt)
 	}
 	r.Seq = binary.LittleEndian.Uint64(buf[8:])
+	r.groupStart = r.Seq&frameGroupStart != 0
+	r.Seq &^= frameGroupStart
 	body := buf[frameHeaderLen:n]
 	r.ReceivedAt = int64(binary.LittleEndian.Uint64(body))
 	body = body[8:]

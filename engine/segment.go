@@ -95,7 +95,7 @@ func decodeSegmentHeader(h []byte) (segmentHeader, error) {
 	if crc32.Checksum(h[:28], crcTable) != binary.LittleEndian.Uint32(h[28:]) {
 		return segmentHeader{}, fmt.Errorf("segment header checksum: %w", ErrCorrupt)
 	}
-	if v := binary.LittleEndian.Uint32(h[8:]); v != segmentVersion {
+	if v := binary.LittleEndian.Uint32(h[8:]); v != segmentVersion && v != 1 {
 		return segmentHeader{}, fmt.Errorf("segment format version %d, want %d: %w", v, segmentVersion, ErrCorrupt)
 	}
 	return segmentHeader{

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -14,7 +13,7 @@ type counters struct {
 	rejectedDiskFull                             atomic.Uint64
 	lostRecords, truncatedBytes, stragglersMoved atomic.Uint64
 	segmentsCreated, segmentsDeleted             atomic.Uint64
-	segmentsRecycled                             atomic.Uint64
+	segmentsRecycled, dedupRebuilds              atomic.Uint64
 }
 
 // Stats is a snapshot of the engine for metrics and health checks.
@@ -39,8 +38,11 @@ type Stats struct {
 	RejectedDiskFull uint64
 	// LostRecords counts records found unreadable (corruption, missing
 	// files); TruncatedBytes the torn tails cut at recovery.
-	LostRecords     uint64
-	TruncatedBytes  uint64
+	LostRecords    uint64
+	TruncatedBytes uint64
+	// Lost lists every seq known lost, this process or before (the lost
+	// set in the index: LostRanges).
+	Lost            []SeqRange
 	StragglersMoved uint64
 	SegmentsCreated uint64
 	SegmentsDeleted uint64
@@ -54,6 +56,9 @@ type Stats struct {
 	DedupRuns     int
 	DedupRunBytes int64
 	DedupWriteAmp float64
+	// DedupRebuilds counts rebuilds of damaged dedup runs' keys from the
+	// log while running.
+	DedupRebuilds uint64
 	// Healthy is false while appends fail: a write error not yet repaired,
 	// or free disk space low (DiskLow).
 	Healthy bool
@@ -101,6 +106,8 @@ func (e *Engine) Stats() Stats {
 		SegmentsDeleted:  e.stats.segmentsDeleted.Load(),
 
 		SegmentsRecycled: e.stats.segmentsRecycled.Load(),
+		DedupRebuilds:    e.stats.dedupRebuilds.Load(),
+		Lost:             e.LostRanges(),
 	}
 	e.writeMu.Lock()
 	st.Healthy = e.broken == nil && !st.DiskLow
@@ -115,8 +122,7 @@ func (e *Engine) Stats() Stats {
 	total := m.Total()
 	st.IndexWriteAmp = total.WriteAmp()
 	e.segMu.RLock()
-	// A copy: reclaim deletes from the slice in place.
-	segs := slices.Clone(e.segments)
+	segs := e.segments // never edited in place (reclaim.go)
 	e.segMu.RUnlock()
 	st.Segments = len(segs)
 	for _, s := range segs {

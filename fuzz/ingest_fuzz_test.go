@@ -140,3 +140,49 @@ func clientEvents(body []byte, path string) []map[string]any {
 	json.Unmarshal(body, &ev)
 	return []map[string]any{ev}
 }
+
+// FuzzPixel feeds arbitrary query parameters (percent-decoded, so any
+// bytes) and ?data= payloads to the pixel endpoints: the answer is always
+// the GIF, and whatever is stored is valid JSON in valid UTF-8.
+func FuzzPixel(f *testing.F) {
+	f.Add([]byte("event"), []byte("caf\xe9"), []byte(nil), false)
+	f.Add([]byte("properties.x"), []byte("\xff\xfe"), []byte(nil), true)
+	f.Add([]byte("name"), []byte("ok"), []byte("{\"userId\":\"u\",\"name\":\"\xc3\"}"), false)
+	f.Add([]byte("context.\xff"), []byte("v"), []byte(`{"anonymousId":"a","properties":{"p":1}}`), true)
+	app := &captureAppender{}
+	srv, err := ingest.New(ingest.Options{
+		Sources: []ingest.Source{{Name: "web", WriteKey: "K"}},
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}, ingest.Deps{Appender: app})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, key, value, data []byte, page bool) {
+		app.recs = app.recs[:0]
+		var req fasthttp.Request
+		req.Header.SetMethod("GET")
+		path := "/pixel/v1/track"
+		if page {
+			path = "/pixel/v1/page"
+		}
+		req.SetRequestURI(path)
+		args := req.URI().QueryArgs()
+		args.Set("writeKey", "K")
+		args.Set("userId", "u")
+		args.SetBytesKV(key, value)
+		if len(data) > 0 {
+			args.Set("data", base64.StdEncoding.EncodeToString(data))
+		}
+		var ctx fasthttp.RequestCtx
+		ctx.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}, nil)
+		srv.Handle(&ctx)
+		if ctx.Response.StatusCode() != 200 || !bytes.HasPrefix(ctx.Response.Body(), []byte("GIF89a")) {
+			t.Fatalf("pixel answered %d %q", ctx.Response.StatusCode(), ctx.Response.Body())
+		}
+		for _, r := range app.recs {
+			if !utf8.Valid(r.Payload) || !json.Valid(r.Payload) {
+				t.Fatalf("stored pixel event is not valid JSON/UTF-8: %q", r.Payload)
+			}
+		}
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/valyala/fasthttp"
 
@@ -35,9 +36,16 @@ func (s *Server) pixel(ctx *fasthttp.RequestCtx, typ []byte) {
 	}
 	defer s.inFlight.Add(-1)
 	st := s.states.Get().(*reqState)
-	defer s.states.Put(st)
+	defer s.putState(st)
 	st.b.reset()
+	st.key = s.headerOrQueryKey(ctx, st.key[:0])
 	st.body = pixelEvent(st.body[:0], ctx.QueryArgs())
+	// Query values arrive percent-decoded and ?data= base64-decoded: either
+	// may carry any bytes.
+	if !utf8.Valid(st.body) {
+		st.raw = s.repairUTF8(st.raw, st.body)
+		st.body, st.raw = st.raw, st.body
+	}
 	if status, msg := s.parse(ctx, st, st.body, endpoint{name: "pixel", pathType: typ}); status != 0 {
 		s.log.Debug("pixel event refused", "status", status, "err", msg)
 		return
@@ -146,6 +154,9 @@ func (s *Server) writeMetrics(ctx *fasthttp.RequestCtx) {
 	ctx.SetContentType("text/plain; version=0.0.4")
 	s.metrics.write(ctx)
 	fmt.Fprintf(ctx, "# HELP sluice_ingest_in_flight Requests being processed.\n# TYPE sluice_ingest_in_flight gauge\nsluice_ingest_in_flight %d\n", s.inFlight.Load())
+	fmt.Fprintf(ctx, "# HELP sluice_ingest_body_bytes_reserved Request body bytes reserved from the body budget.\n# TYPE sluice_ingest_body_bytes_reserved gauge\nsluice_ingest_body_bytes_reserved %d\n", s.budget.used.Load())
+	fmt.Fprintf(ctx, "# HELP sluice_ingest_body_bytes_budget The body budget (BodyBytesBudget).\n# TYPE sluice_ingest_body_bytes_budget gauge\nsluice_ingest_body_bytes_budget %d\n", s.budget.max)
+	fmt.Fprintf(ctx, "# HELP sluice_ingest_connections Open ingest connections.\n# TYPE sluice_ingest_connections gauge\nsluice_ingest_connections %d\n", s.conns.Load())
 	if s.deps.Stats != nil {
 		writeEngineMetrics(ctx, s.deps.Stats())
 	}

@@ -21,10 +21,18 @@ type Options struct {
 	// RequestBytesMax bounds a request body after decompression (and before
 	// it, on the wire). Default 4 MiB.
 	RequestBytesMax int
+	// BodyBytesBudget bounds the request body memory all connections hold
+	// at once: a body's declared length is reserved before any of it is
+	// read (and the decompressed bytes as they grow), and released when the
+	// request is answered. Past it the gateway answers 503 with Retry-After
+	// without reading the body. Default 64 * RequestBytesMax (256 MiB with
+	// the default RequestBytesMax); at least RequestBytesMax.
+	BodyBytesBudget int64
 	// InFlightMax bounds requests being processed at once; past it the
 	// gateway answers 503 with Retry-After. Default 1024.
 	InFlightMax int
-	// ConnectionsMax bounds open connections. Default 10,000.
+	// ConnectionsMax bounds open connections; past it a new connection is
+	// answered 503 (JSON, with Retry-After) and closed. Default 10,000.
 	ConnectionsMax int
 	// HeaderBytesMax bounds the request line plus headers. Default 8 KiB.
 	HeaderBytesMax int
@@ -47,6 +55,7 @@ type Options struct {
 func (o Options) withDefaults() (Options, error) {
 	setDefault(&o.EventBytesMax, 32<<10)
 	setDefault(&o.RequestBytesMax, 4<<20)
+	setDefault(&o.BodyBytesBudget, 64*int64(o.RequestBytesMax))
 	setDefault(&o.InFlightMax, 1024)
 	setDefault(&o.ConnectionsMax, 10_000)
 	setDefault(&o.HeaderBytesMax, 8<<10)
@@ -73,6 +82,9 @@ func (o Options) withDefaults() (Options, error) {
 			return o, fmt.Errorf("ingest: sources %q and %q share a write key", seen[s.WriteKey], s.Name)
 		}
 		seen[s.WriteKey] = s.Name
+	}
+	if o.BodyBytesBudget < int64(o.RequestBytesMax) {
+		return o, fmt.Errorf("ingest: BodyBytesBudget %d is less than RequestBytesMax %d", o.BodyBytesBudget, o.RequestBytesMax)
 	}
 	if o.EventBytesMax > o.RequestBytesMax {
 		return o, fmt.Errorf("ingest: EventBytesMax %d exceeds RequestBytesMax %d", o.EventBytesMax, o.RequestBytesMax)

@@ -13,13 +13,14 @@ package ingest
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,20 +57,27 @@ type Server struct {
 	keys     map[string][]byte // write key -> source name
 	srv      *fasthttp.Server
 	inFlight atomic.Int64
+	budget   budget       // body bytes reserved by requests
+	conns    atomic.Int64 // open connections (Serve's)
 	metrics  *metrics
 	states   sync.Pool
 	started  time.Time
 }
 
-// reqState is per-request scratch, pooled.
+// reqState is per-request scratch, pooled (see putState).
 type reqState struct {
-	b    builder
+	b builder
+	// raw holds a body read from fasthttp's body stream; body holds a
+	// decompressed or repaired body, or a pixel's event.
+	raw  []byte
 	body []byte
-	gz   *gzip.Reader
-	ri   requestInfo
-	bc   batchContext
-	key  []byte
-	ip   []byte
+	// reserved is what the request holds of the body budget.
+	reserved int64
+	gz       *gzip.Reader
+	ri       requestInfo
+	bc       batchContext
+	key      []byte
+	ip       []byte
 	// recvJSON backs ri.receivedAtJSON.
 	recvJSON []byte
 }
@@ -84,15 +92,22 @@ func New(opts Options, deps Deps) (*Server, error) {
 		return nil, fmt.Errorf("ingest: an Appender is required")
 	}
 	s := &Server{opts: o, deps: deps, log: o.Logger, keys: make(map[string][]byte), metrics: newMetrics(), started: time.Now()}
+	s.budget.max = o.BodyBytesBudget
 	for _, src := range o.Sources {
 		s.keys[src.WriteKey] = []byte(src.Name)
 	}
 	s.states.New = func() any { return &reqState{b: builder{maxEvent: o.EventBytesMax}} }
 	s.srv = &fasthttp.Server{
-		Handler:            s.Handle,
-		ErrorHandler:       s.handleTransportError,
-		Name:               "sluice",
-		Concurrency:        o.ConnectionsMax,
+		Handler:        s.Handle,
+		ErrorHandler:   s.handleTransportError,
+		HeaderReceived: s.headerReceived,
+		Name:           "sluice",
+		// Serve's connLimiter enforces ConnectionsMax with a JSON answer;
+		// fasthttp's limit is a backstop it never reaches (a closed
+		// connection's worker is released just after its slot).
+		Concurrency: 2 * o.ConnectionsMax,
+		// Bodies are read by the handler, after admission (admit.go).
+		StreamRequestBody:  true,
 		ReadBufferSize:     o.HeaderBytesMax,
 		ReadTimeout:        o.ReadTimeout,
 		WriteTimeout:       o.WriteTimeout,
@@ -104,8 +119,12 @@ func New(opts Options, deps Deps) (*Server, error) {
 	return s, nil
 }
 
-// Serve accepts connections on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+// Serve accepts connections on ln until Shutdown, at most ConnectionsMax
+// at once.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.srv.Serve(newConnLimiter(ln, s.opts.ConnectionsMax, &s.conns, s.opts.RetryAfter,
+		func() { s.metrics.reject("too_many_connections", 1) }))
+}
 
 // Shutdown stops accepting connections and waits for requests in flight to
 // finish (their appends complete) or for ctx to end.
@@ -182,22 +201,34 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 	}
 }
 
-// ingest handles the tracking API's POST endpoints.
+// ingest handles the tracking API's POST endpoints. The body is read
+// before the request counts as in flight: its memory is bounded by the body
+// budget, and a slow sender must not hold a processing slot.
 func (s *Server) ingest(ctx *fasthttp.RequestCtx, ep endpoint) {
+	st := s.states.Get().(*reqState)
+	defer func() {
+		s.releaseAll(st)
+		s.putState(st)
+	}()
+	st.b.reset()
+	// A write key in the headers is checked before any body is read.
+	st.key = s.headerOrQueryKey(ctx, st.key[:0])
+	if _, ok := s.keys[string(st.key)]; !ok && len(st.key) > 0 {
+		s.metrics.reject("unauthorized", 1)
+		s.writeError(ctx, fasthttp.StatusUnauthorized, "unknown write key")
+		return
+	}
+	body, aerr := s.readBody(ctx, st)
+	if aerr != nil {
+		s.refuse(ctx, aerr)
+		return
+	}
 	if n := s.inFlight.Add(1); n > int64(s.opts.InFlightMax) {
 		s.inFlight.Add(-1)
 		s.overloaded(ctx, fasthttp.StatusServiceUnavailable, "too many requests in flight")
 		return
 	}
 	defer s.inFlight.Add(-1)
-	st := s.states.Get().(*reqState)
-	defer s.states.Put(st)
-	st.b.reset()
-	body, status, msg := s.readBody(ctx, st)
-	if status != 0 {
-		s.writeError(ctx, status, msg)
-		return
-	}
 	s.metrics.bytes.Add(uint64(len(body)))
 	if status, msg := s.parse(ctx, st, body, ep); status != 0 {
 		s.writeError(ctx, status, msg)
@@ -206,42 +237,61 @@ func (s *Server) ingest(ctx *fasthttp.RequestCtx, ep endpoint) {
 	s.store(ctx, st)
 }
 
-// readBody returns the request body, decompressed and with invalid UTF-8
-// repaired, or a status and message.
-func (s *Server) readBody(ctx *fasthttp.RequestCtx, st *reqState) ([]byte, int, string) {
-	body := ctx.PostBody()
-	if enc := ctx.Request.Header.ContentEncoding(); len(enc) > 0 {
-		switch {
-		case bytes.EqualFold(enc, []byte("gzip")):
-			var err error
-			st.body, err = s.gunzip(st, body)
-			if errors.Is(err, errTooLarge) {
-				s.metrics.reject("request_too_large", 1)
-				return nil, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("decompressed body exceeds %d bytes", s.opts.RequestBytesMax)
-			}
-			if err != nil {
-				s.metrics.reject("bad_gzip", 1)
-				return nil, fasthttp.StatusBadRequest, "invalid gzip body: " + err.Error()
-			}
-			body = st.body
-		case bytes.EqualFold(enc, []byte("identity")):
-		default:
-			return nil, fasthttp.StatusUnsupportedMediaType, "unsupported Content-Encoding " + string(enc)
-		}
+// readBody returns the request body, reserved from the body budget,
+// decompressed and with invalid UTF-8 repaired, or why not.
+func (s *Server) readBody(ctx *fasthttp.RequestCtx, st *reqState) ([]byte, *admitError) {
+	enc := ctx.Request.Header.ContentEncoding()
+	gzipped := bytes.EqualFold(enc, []byte("gzip"))
+	if len(enc) > 0 && !gzipped && !bytes.EqualFold(enc, []byte("identity")) {
+		return nil, &admitError{fasthttp.StatusUnsupportedMediaType, "", "unsupported Content-Encoding " + string(enc)}
 	}
-	if len(body) > s.opts.RequestBytesMax {
-		s.metrics.reject("request_too_large", 1)
-		return nil, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", s.opts.RequestBytesMax)
+	body, aerr := s.wireBody(ctx, st)
+	if aerr != nil {
+		return nil, aerr
+	}
+	if gzipped {
+		var err error
+		st.body, err = s.gunzip(st, body)
+		switch {
+		case errors.Is(err, errTooLarge):
+			return nil, &admitError{fasthttp.StatusRequestEntityTooLarge, "request_too_large", fmt.Sprintf("decompressed body exceeds %d bytes", s.opts.RequestBytesMax)}
+		case errors.Is(err, errOverBudget):
+			return nil, s.overBudget()
+		case err != nil:
+			return nil, &admitError{fasthttp.StatusBadRequest, "bad_gzip", "invalid gzip body: " + err.Error()}
+		}
+		body = st.body
 	}
 	if !utf8.Valid(body) {
-		st.body = append(st.body[:0], bytes.ToValidUTF8(body, []byte("\uFFFD"))...)
+		st.body = s.repairUTF8(st.body, body)
 		body = st.body
-		s.metrics.utf8Repaired.Add(1)
 	}
-	return body, 0, ""
+	return body, nil
 }
 
-var errTooLarge = errors.New("too large")
+// repairUTF8 returns body with each run of invalid UTF-8 replaced by
+// U+FFFD, in dst's storage (body may alias dst).
+func (s *Server) repairUTF8(dst, body []byte) []byte {
+	s.metrics.utf8Repaired.Add(1)
+	return append(dst[:0], bytes.ToValidUTF8(body, []byte("\uFFFD"))...)
+}
+
+// refuse answers a request refused before it was parsed.
+func (s *Server) refuse(ctx *fasthttp.RequestCtx, e *admitError) {
+	if e.reason != "" {
+		s.metrics.reject(e.reason, 1)
+	}
+	if e.status == fasthttp.StatusServiceUnavailable {
+		s.overloaded(ctx, e.status, e.msg)
+		return
+	}
+	s.writeError(ctx, e.status, e.msg)
+}
+
+var (
+	errTooLarge   = errors.New("too large")
+	errOverBudget = errors.New("body budget exhausted")
+)
 
 func (s *Server) gunzip(st *reqState, in []byte) ([]byte, error) {
 	var err error
@@ -255,6 +305,7 @@ func (s *Server) gunzip(st *reqState, in []byte) ([]byte, error) {
 	}
 	out := st.body[:0]
 	limit := s.opts.RequestBytesMax
+	covered := 0 // decompressed bytes reserved from the budget
 	for {
 		if len(out) == cap(out) {
 			if len(out) > limit {
@@ -267,6 +318,12 @@ func (s *Server) gunzip(st *reqState, in []byte) ([]byte, error) {
 		if len(out) > limit {
 			return out, errTooLarge
 		}
+		if len(out) > covered {
+			if !s.reserve(st, len(out)-covered) {
+				return out, errOverBudget
+			}
+			covered = len(out)
+		}
 		if err == io.EOF {
 			return out, nil
 		}
@@ -276,9 +333,9 @@ func (s *Server) gunzip(st *reqState, in []byte) ([]byte, error) {
 	}
 }
 
-// parse authenticates the request and builds its events into st.b.
+// parse authenticates the request (st.key holds the write key of its
+// headers or query, if any) and builds its events into st.b.
 func (s *Server) parse(ctx *fasthttp.RequestCtx, st *reqState, body []byte, ep endpoint) (int, string) {
-	st.key = s.headerOrQueryKey(ctx, st.key[:0])
 	start := jsonscan.SkipSpace(body, 0)
 	if start >= len(body) || body[start] != '{' {
 		if _, _, err := jsonscan.Document(body); err != nil {
@@ -431,19 +488,8 @@ func (s *Server) store(ctx *fasthttp.RequestCtx, st *reqState) {
 // headerOrQueryKey finds the write key in HTTP Basic auth (user name, with
 // or without the colon) or in ?writeKey=.
 func (s *Server) headerOrQueryKey(ctx *fasthttp.RequestCtx, dst []byte) []byte {
-	if auth := ctx.Request.Header.Peek("Authorization"); len(auth) > 6 && bytes.EqualFold(auth[:6], []byte("basic ")) {
-		enc := bytes.TrimSpace(auth[6:])
-		n := base64.StdEncoding.DecodedLen(len(enc))
-		dst = append(dst[:0], make([]byte, n)...)
-		m, err := base64.StdEncoding.Decode(dst, enc)
-		if err == nil {
-			dst = dst[:m]
-			if i := bytes.IndexByte(dst, ':'); i >= 0 {
-				dst = dst[:i]
-			}
-			return dst
-		}
-		dst = dst[:0]
+	if key, ok := basicKey(ctx.Request.Header.Peek("Authorization"), dst); ok {
+		return key
 	}
 	if k := ctx.QueryArgs().Peek("writeKey"); len(k) > 0 {
 		return append(dst[:0], k...)
@@ -457,7 +503,10 @@ func (s *Server) clientIP(ctx *fasthttp.RequestCtx, dst []byte) []byte {
 			if i := bytes.IndexByte(xff, ','); i >= 0 {
 				xff = xff[:i]
 			}
-			return bytes.TrimSpace(xff)
+			if xff = bytes.TrimSpace(xff); !utf8.Valid(xff) {
+				return s.repairUTF8(dst, xff)
+			}
+			return xff
 		}
 	}
 	addr, ok := netip.AddrFromSlice(ctx.RemoteIP())
@@ -497,7 +546,7 @@ func (s *Server) writeError(ctx *fasthttp.RequestCtx, status int, msg string) {
 }
 
 func (s *Server) overloaded(ctx *fasthttp.RequestCtx, status int, msg string) {
-	ctx.Response.Header.Set("Retry-After", fmt.Sprint(max(int(s.opts.RetryAfter/time.Second), 1)))
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(retryAfterSeconds(s.opts.RetryAfter)))
 	s.writeError(ctx, status, msg)
 }
 
@@ -510,6 +559,9 @@ func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
 		s.writeError(ctx, fasthttp.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", s.opts.RequestBytesMax))
 	case errors.As(err, &small):
 		s.writeError(ctx, fasthttp.StatusRequestHeaderFieldsTooLarge, "request headers too large")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		s.metrics.reject("read_timeout", 1)
+		s.writeError(ctx, fasthttp.StatusRequestTimeout, "request not received in time")
 	default:
 		s.writeError(ctx, fasthttp.StatusBadRequest, "cannot read request: "+err.Error())
 	}

@@ -11,10 +11,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/valyala/fasthttp"
@@ -529,5 +531,44 @@ func TestOptionsValidation(t *testing.T) {
 		if _, err := New(o, Deps{Appender: failingAppender{}}); err == nil {
 			t.Errorf("options %+v accepted", o)
 		}
+	}
+}
+
+func TestPixelRepairsUTF8(t *testing.T) {
+	h := newHarness(t, nil)
+	h.do("GET", "/pixel/v1/track?writeKey=KEY1&userId=u1&event=caf%E9&properties.x=%FF%FEok", nil)
+	data := base64.StdEncoding.EncodeToString([]byte("{\"userId\":\"u2\",\"name\":\"Home \xff\",\"properties\":{\"p\":\"\xc3\"}}"))
+	h.do("GET", "/pixel/v1/page?writeKey=KEY1&data="+url.QueryEscape(data), nil)
+	got := h.stored()
+	if len(got) != 2 {
+		t.Fatalf("stored %d, want 2", len(got))
+	}
+	for _, ev := range got {
+		if !utf8.ValidString(ev.raw) {
+			t.Fatalf("stored invalid UTF-8: %q", ev.raw)
+		}
+	}
+	if got[0].m["event"] != "caf\uFFFD" || got[0].m["properties"].(map[string]any)["x"] != "\uFFFDok" {
+		t.Fatalf("query pixel: %s", got[0].raw)
+	}
+	if got[1].m["name"] != "Home \uFFFD" {
+		t.Fatalf("data pixel: %s", got[1].raw)
+	}
+	if !strings.Contains(h.do("GET", "/metrics", nil).body, "sluice_ingest_utf8_repaired_total 2") {
+		t.Fatal("repairs not counted")
+	}
+}
+
+func TestForwardedForRepairsUTF8(t *testing.T) {
+	h := newHarness(t, func(o *Options) { o.TrustForwardedFor = true })
+	wantStatus(t, h.do("POST", "/v1/track", []byte(`{"type":"track","userId":"u"}`), basic("KEY1:"), "X-Forwarded-For: 10.0.0.\xff, 1.2.3.4"), 200)
+	ev := h.stored()[0]
+	var m struct {
+		Context struct {
+			IP string `json:"ip"`
+		} `json:"context"`
+	}
+	if !utf8.ValidString(ev.raw) || json.Unmarshal([]byte(ev.raw), &m) != nil || m.Context.IP != "10.0.0.\uFFFD" {
+		t.Fatalf("stored %q", ev.raw)
 	}
 }

@@ -1,17 +1,25 @@
 package router
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sluice-cdi/sluice/engine"
@@ -21,20 +29,31 @@ import (
 // replay, purge) and pause/resume, on its own listener with bearer-token
 // auth.
 type Admin struct {
-	routers map[string]*Router
-	order   []string
-	eng     *engine.Engine
-	token   string
-	log     *slog.Logger
-	srv     *http.Server
+	routers    map[string]*Router
+	order      []string
+	eng        *engine.Engine
+	token      string
+	log        *slog.Logger
+	srv        *http.Server // made by NewAdmin: Serve and Shutdown may run at once
+	pausedPath string
+	// mu serializes pause and resume, so the file and the routers agree.
+	mu struct {
+		sync.Mutex
+		paused map[string]bool // as in the file at pausedPath
+	}
 }
 
 // AdminOptions configures the admin API.
 type AdminOptions struct {
-	// Token is the bearer token every request must carry. Required unless
-	// the listener is on a loopback address.
+	// Token is the bearer token every request must carry
+	// ("Authorization: Bearer <token>"). Required unless the listener is
+	// on a loopback address.
 	Token  string
 	Logger *slog.Logger
+	// PausedPath is the file that keeps the set of paused destinations
+	// across restarts (cmd: data_dir/paused.json). Empty: pause and resume
+	// last until the process ends.
+	PausedPath string
 }
 
 // DestinationInfo is one destination in GET /v1/destinations.
@@ -63,9 +82,11 @@ type DeadLetter struct {
 	Event        json.RawMessage `json:"event,omitempty"`
 }
 
-// NewAdmin returns the admin API over the routers.
-func NewAdmin(eng *engine.Engine, routers []*Router, o AdminOptions) *Admin {
-	a := &Admin{routers: make(map[string]*Router), eng: eng, token: o.Token, log: o.Logger}
+// NewAdmin returns the admin API over the routers. Call it before the
+// routers' Run: the destinations o.PausedPath names start paused, before
+// they send anything. A damaged file is an error naming it.
+func NewAdmin(eng *engine.Engine, routers []*Router, o AdminOptions) (*Admin, error) {
+	a := &Admin{routers: make(map[string]*Router), eng: eng, token: o.Token, log: o.Logger, pausedPath: o.PausedPath}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
@@ -73,10 +94,31 @@ func NewAdmin(eng *engine.Engine, routers []*Router, o AdminOptions) *Admin {
 		a.routers[r.Name()] = r
 		a.order = append(a.order, r.Name())
 	}
-	return a
+	a.mu.paused = map[string]bool{}
+	if a.pausedPath != "" {
+		names, err := readPaused(a.pausedPath)
+		if err != nil {
+			return nil, err
+		}
+		for _, name := range names {
+			r := a.routers[name]
+			if r == nil {
+				a.log.Warn("paused destination is no longer configured; ignored", "destination", name, "file", a.pausedPath)
+				continue
+			}
+			// No Run loop yet, so no lock: the goroutine that will run it
+			// starts after this.
+			r.core.paused = true
+			r.publish()
+			a.mu.paused[name] = true
+			a.log.Info("destination paused, as before the restart", "destination", name, "file", a.pausedPath)
+		}
+	}
+	a.srv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	return a, nil
 }
 
-// Serve serves the API on addr until Shutdown. Without a token it refuses a
+// Serve serves the API on ln until Shutdown. Without a token it refuses a
 // non-loopback address.
 func (a *Admin) Serve(ln net.Listener) error {
 	if a.token == "" {
@@ -85,7 +127,6 @@ func (a *Admin) Serve(ln net.Listener) error {
 			return fmt.Errorf("admin: refusing to listen on non-loopback %s without admin_token", ln.Addr())
 		}
 	}
-	a.srv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	err := a.srv.Serve(ln)
 	if err == http.ErrServerClosed {
 		return nil
@@ -93,11 +134,8 @@ func (a *Admin) Serve(ln net.Listener) error {
 	return err
 }
 
-// Shutdown stops the API.
+// Shutdown stops the API; a Serve called before or after returns nil.
 func (a *Admin) Shutdown(ctx context.Context) error {
-	if a.srv == nil {
-		return nil
-	}
 	return a.srv.Shutdown(ctx)
 }
 
@@ -115,15 +153,31 @@ func (a *Admin) Handler() http.Handler {
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if a.token != "" {
-			got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if subtle.ConstantTimeCompare([]byte(got), []byte(a.token)) != 1 {
-				writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
-				return
-			}
+		if a.token != "" && !a.authorized(r.Header.Values("Authorization")) {
+			// Never log the header: it may hold a token, ours or another's.
+			a.log.Debug("admin request refused: missing or wrong bearer token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="sluice admin"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
+			return
 		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// authorized accepts exactly one Authorization header of the form
+// "Bearer <token>": the scheme in any case, one space, one token equal to
+// ours. The comparison takes the same time whatever the token sent (both
+// sides are hashed first, so not even its length shows).
+func (a *Admin) authorized(values []string) bool {
+	if len(values) != 1 {
+		return false
+	}
+	scheme, token, ok := strings.Cut(values[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" || strings.ContainsAny(token, " \t") {
+		return false
+	}
+	got, want := sha256.Sum256([]byte(token)), sha256.Sum256([]byte(a.token))
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -258,18 +312,130 @@ func (a *Admin) pause(paused bool) http.HandlerFunc {
 		if !ok {
 			return
 		}
-		var err error
-		if paused {
-			err = rt.Pause(r.Context())
-		} else {
-			err = rt.Resume(r.Context())
-		}
-		if err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		if err := a.setPaused(r.Context(), rt, paused); err != nil {
+			status := http.StatusServiceUnavailable
+			if errors.Is(err, errPausedFile) {
+				status = http.StatusInternalServerError
+			}
+			writeJSON(w, status, map[string]string{"error": err.Error()})
 			return
 		}
+		a.log.Info("destination "+map[bool]string{true: "paused", false: "resumed"}[paused], "destination", rt.Name())
 		writeJSON(w, http.StatusOK, map[string]bool{"paused": paused})
 	}
+}
+
+var errPausedFile = errors.New("cannot record paused destinations")
+
+// setPaused records the change in the paused file, then applies it; if the
+// router cannot take it (ctx ended), the file is put back.
+func (a *Admin) setPaused(ctx context.Context, rt *Router, paused bool) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	name, before := rt.Name(), a.mu.paused[rt.Name()]
+	if a.pausedPath != "" && before != paused {
+		if err := a.writePausedLocked(name, paused); err != nil {
+			return err
+		}
+	}
+	apply := rt.Resume
+	if paused {
+		apply = rt.Pause
+	}
+	if err := apply(ctx); err != nil {
+		if a.pausedPath != "" && before != paused {
+			if werr := a.writePausedLocked(name, before); werr != nil {
+				a.log.Error("paused file no longer matches the destination until restart", "destination", name, "err", werr)
+			}
+		}
+		return err
+	}
+	return nil
+}
+
+// writePausedLocked writes the paused set with name's change; a.mu held.
+func (a *Admin) writePausedLocked(name string, paused bool) error {
+	next := map[string]bool{}
+	for n := range a.mu.paused {
+		next[n] = true
+	}
+	if paused {
+		next[name] = true
+	} else {
+		delete(next, name)
+	}
+	if err := writePaused(a.pausedPath, next); err != nil {
+		return fmt.Errorf("%w: %w", errPausedFile, err)
+	}
+	a.mu.paused = next
+	return nil
+}
+
+// The paused file: {"paused": ["name", ...]}, names sorted. It is replaced
+// whole and atomically: temp file, fsync, rename, fsync the directory.
+type pausedFile struct {
+	Paused []string `json:"paused"`
+}
+
+// readPaused returns the names in the paused file; no file means none.
+func readPaused(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot read paused destinations: %w", err)
+	}
+	var f pausedFile
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil || dec.More() || slices.Contains(f.Paused, "") {
+		if err == nil {
+			err = errors.New(`want {"paused": ["destination", ...]}`)
+		}
+		return nil, fmt.Errorf("cannot read paused destinations: %s is damaged (fix it, or delete it to resume every destination): %w", path, err)
+	}
+	return f.Paused, nil
+}
+
+func writePaused(path string, paused map[string]bool) error {
+	f := pausedFile{Paused: []string{}}
+	for name := range paused {
+		f.Paused = append(f.Paused, name)
+	}
+	slices.Sort(f.Paused)
+	b, _ := json.Marshal(f)
+	tmp := path + ".tmp"
+	if err := writeSynced(tmp, append(b, '\n')); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
+}
+
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // WriteMetrics renders the routers' figures in Prometheus text format.

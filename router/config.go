@@ -3,7 +3,14 @@ package router
 import (
 	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
+)
+
+const (
+	windowEventsMax = 1_000_000
+	windowBytesMax  = 1 << 30
 )
 
 // Config is one destination's router configuration. Zero fields take the
@@ -32,9 +39,14 @@ type Config struct {
 	// Timeout bounds one Send. Default 30s.
 	Timeout time.Duration
 	// WindowEvents and WindowBytes bound the events read ahead of the
-	// cursor and held in memory. Defaults 10,000 and 32 MiB.
+	// cursor and held in memory (an event counts its fields plus 200
+	// bytes). Defaults 10,000 and 32 MiB; WindowEvents must be in
+	// [BatchSize, 1,000,000], WindowBytes in [1, 1 GiB].
 	WindowEvents int
 	WindowBytes  int
+	// WindowBudget, shared by many routers, bounds their windows together
+	// (see WindowBudget). Default nil: each window is bounded alone.
+	WindowBudget *WindowBudget
 	// FlushInterval is how often cursor progress is committed to the
 	// index (unsynced). Default 5ms.
 	FlushInterval time.Duration
@@ -77,6 +89,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("router %s: rate_limit must not be negative", c.Name)
 	case c.WindowEvents < c.BatchSize:
 		return c, fmt.Errorf("router %s: window of %d events is smaller than batch_size %d", c.Name, c.WindowEvents, c.BatchSize)
+	case c.WindowEvents > windowEventsMax:
+		return c, fmt.Errorf("router %s: window of %d events is over the maximum %d", c.Name, c.WindowEvents, windowEventsMax)
+	case c.WindowBytes < 1 || c.WindowBytes > windowBytesMax:
+		return c, fmt.Errorf("router %s: window of %d bytes out of range [1, %d]", c.Name, c.WindowBytes, windowBytesMax)
 	}
 	p, err := c.Policy.withDefaults()
 	if err != nil {
@@ -84,4 +100,84 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	c.Policy = p
 	return c, nil
+}
+
+// WindowBudget bounds the read-ahead windows of many routers together, so
+// that a process with hundreds of destinations, each behind, does not hold
+// hundreds of full windows. The caller makes one and sets it in every
+// router's Config. Safe for concurrent use.
+//
+// Each router may hold up to ReserveBytes (or its WindowBytes, if smaller)
+// without asking, so every destination keeps moving while others hold the
+// budget (a destination that is down keeps its window until it is back).
+// Past its reserve a router reads only while the budget has room, and then
+// at most budgetReadEvents events at a time: n routers hold at most
+// Bytes + n × (ReserveBytes + budgetReadEvents events) in their windows.
+type WindowBudget struct {
+	bytes, reserve int64
+	used           atomic.Int64 // bytes held past the routers' reserves
+	waiting        atomic.Bool  // a router waits for room (freed is open)
+	mu             sync.Mutex
+	freed          chan struct{} // closed when room is made; guarded by mu
+	closed         chan struct{} // always closed: wait's answer when there is room
+}
+
+// budgetReadEvents is the most events a router reads at once while it has
+// a budget (the overshoot past a full budget).
+const budgetReadEvents = 32
+
+// NewWindowBudget returns a budget of bytes shared by routers, each of
+// which may also hold reserveBytes of its own (0: 256 KiB).
+func NewWindowBudget(bytes, reserveBytes int64) (*WindowBudget, error) {
+	if reserveBytes == 0 {
+		reserveBytes = 256 << 10
+	}
+	if bytes < 1 || reserveBytes < 1 {
+		return nil, fmt.Errorf("cannot make a window budget of %d bytes with %d reserved per router: both must be positive", bytes, reserveBytes)
+	}
+	b := &WindowBudget{bytes: bytes, reserve: reserveBytes, closed: make(chan struct{})}
+	close(b.closed)
+	return b, nil
+}
+
+// Bytes is the budget's size.
+func (b *WindowBudget) Bytes() int64 { return b.bytes }
+
+// ReserveBytes is what each router may hold without asking.
+func (b *WindowBudget) ReserveBytes() int64 { return b.reserve }
+
+// Used is how much of the budget routers hold now (past their reserves).
+func (b *WindowBudget) Used() int64 { return b.used.Load() }
+
+func (b *WindowBudget) room() bool { return b.used.Load() < b.bytes }
+
+// add takes n bytes (gives them back when negative), waking the routers
+// that wait when it makes room.
+func (b *WindowBudget) add(n int64) {
+	if b.used.Add(n) < b.bytes && n < 0 && b.waiting.Load() {
+		b.mu.Lock()
+		if b.freed != nil {
+			close(b.freed)
+			b.freed = nil
+		}
+		b.waiting.Store(false)
+		b.mu.Unlock()
+	}
+}
+
+// wait returns a channel closed once there is room (at once when there is
+// some now).
+func (b *WindowBudget) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	// Set waiting before looking: add looks at it after changing used, so
+	// one of the two sees the other.
+	b.waiting.Store(true)
+	if b.room() {
+		return b.closed
+	}
+	if b.freed == nil {
+		b.freed = make(chan struct{})
+	}
+	return b.freed
 }

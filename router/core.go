@@ -102,6 +102,10 @@ type core struct {
 	window  []*item
 	head    int
 	winSize int // bytes of the window's items
+	// borrowed is what the window holds of cfg.WindowBudget: its bytes
+	// past reserve, the part held without asking.
+	borrowed int64
+	reserve  int
 
 	keys   map[string]*keyState
 	ready  []*keyState // keys with dispatchable events (ordering on)
@@ -145,6 +149,9 @@ func newCore(cfg Config, log Log, cons *engine.Consumer) (*core, error) {
 		aimd: newAIMD(cfg.ConcurrencyInitial, cfg.ConcurrencyMax),
 	}
 	c.health = newHealth(c.pol)
+	if b := cfg.WindowBudget; b != nil {
+		c.reserve = int(min(b.reserve, int64(cfg.WindowBytes)))
+	}
 	if cfg.RateLimit > 0 {
 		c.rate = &bucket{rate: cfg.RateLimit, burst: max(cfg.RateLimit, float64(cfg.BatchSize))}
 	}
@@ -221,8 +228,16 @@ func (c *core) step(now time.Time) ([]*batch, error) {
 // fill reads events into the window up to its bounds.
 func (c *core) fill(now time.Time) error {
 	c.refill = false
-	for len(c.window)-c.head < c.cfg.WindowEvents && c.winSize < c.cfg.WindowBytes {
+	defer c.settleBudget()
+	for {
+		c.settleBudget()
+		if c.windowFull() {
+			return nil
+		}
 		n := min(256, c.cfg.WindowEvents-(len(c.window)-c.head))
+		if c.cfg.WindowBudget != nil {
+			n = min(n, budgetReadEvents)
+		}
 		recs, err := c.reader.Next(c.recBuf[:0], n)
 		c.recBuf = recs[:0]
 		if err != nil {
@@ -235,7 +250,6 @@ func (c *core) fill(now time.Time) error {
 			c.admitRecord(&recs[i], now)
 		}
 	}
-	return nil
 }
 
 func (c *core) admitRecord(r *engine.Record, now time.Time) {
@@ -961,6 +975,9 @@ stop:
 		c.window = append(c.window[:0], c.window[c.head:]...)
 		c.head = 0
 	}
+	if moved {
+		c.settleBudget()
+	}
 	if moved && wasFull && !c.reader.CaughtUp() {
 		c.refill = true // reading ahead stopped for room; there is some now
 	}
@@ -1305,7 +1322,39 @@ func minTime(a, b time.Time) time.Time {
 	return a
 }
 
-// windowFull reports whether reading ahead has stopped for room.
+// windowFull reports whether reading ahead has stopped for room: in the
+// window, or past the reserve, in the shared budget.
 func (c *core) windowFull() bool {
-	return len(c.window)-c.head >= c.cfg.WindowEvents || c.winSize >= c.cfg.WindowBytes
+	return len(c.window)-c.head >= c.cfg.WindowEvents || c.winSize >= c.cfg.WindowBytes ||
+		(c.cfg.WindowBudget != nil && c.winSize >= c.reserve && !c.cfg.WindowBudget.room())
+}
+
+// budgetWait returns a channel closed when the shared budget has room again
+// if that is all reading waits for (nil otherwise).
+func (c *core) budgetWait() <-chan struct{} {
+	if c.cfg.WindowBudget == nil || len(c.window)-c.head >= c.cfg.WindowEvents || c.winSize >= c.cfg.WindowBytes {
+		return nil
+	}
+	return c.cfg.WindowBudget.wait()
+}
+
+// settleBudget makes what the window holds of the shared budget match its
+// size.
+func (c *core) settleBudget() {
+	if c.cfg.WindowBudget == nil {
+		return
+	}
+	if want := int64(max(c.winSize-c.reserve, 0)); want != c.borrowed {
+		c.cfg.WindowBudget.add(want - c.borrowed)
+		c.borrowed = want
+	}
+}
+
+// releaseBudget gives back what the window holds of the shared budget: the
+// router has stopped.
+func (c *core) releaseBudget() {
+	if c.cfg.WindowBudget != nil && c.borrowed != 0 {
+		c.cfg.WindowBudget.add(-c.borrowed)
+		c.borrowed = 0
+	}
 }

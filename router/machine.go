@@ -94,5 +94,9 @@ func (m *Machine) Resume() { m.c.paused = false }
 // Kick makes the next Step look for due retries (after a replay).
 func (m *Machine) Kick() { m.c.refreshDue() }
 
-// Close releases the machine's log reader.
-func (m *Machine) Close() error { return m.c.reader.Close() }
+// Close releases the machine's log reader and its share of the window
+// budget.
+func (m *Machine) Close() error {
+	m.c.releaseBudget()
+	return m.c.reader.Close()
+}

@@ -21,7 +21,8 @@
 //   - 429 and Retry-After pause the destination without counting as
 //     failures; concurrency adapts (AIMD) and an optional rate limit caps
 //     events per second.
-//   - Memory is bounded by the window (events read ahead of the cursor).
+//   - Memory is bounded by the window (events read ahead of the cursor),
+//     and across routers by a shared WindowBudget.
 package router
 
 import (
@@ -36,14 +37,17 @@ import (
 
 // Router delivers one destination's events.
 type Router struct {
-	cfg    Config
-	core   *core
-	log    Log
-	cons   *engine.Consumer
-	dest   Destination
-	ctl    chan func(*core)
-	status atomic.Pointer[Status]
-	wg     sync.WaitGroup
+	cfg  Config
+	core *core
+	log  Log
+	cons *engine.Consumer
+	dest Destination
+	ctl  chan func(*core)
+	// status is the latest snapshot: once stored it is never edited (readers
+	// copy it without a lock), only replaced.
+	status  atomic.Pointer[Status]
+	stopped bool // Run has returned; owned by Run's goroutine
+	wg      sync.WaitGroup
 }
 
 // Status is a snapshot of a router for the admin API and metrics.
@@ -54,6 +58,7 @@ type Status struct {
 	Concurrency  int       `json:"concurrency"`
 	InFlight     int       `json:"in_flight"`
 	Window       int       `json:"window_events"`
+	WindowBytes  int       `json:"window_bytes"`
 	Cursor       uint64    `json:"cursor"`
 	Counters     Counters  `json:"counters"`
 	Error        string    `json:"error,omitempty"`
@@ -135,8 +140,10 @@ func (r *Router) Run(ctx context.Context) error {
 			r.publish()
 			lastPublish = now
 		}
+		var room <-chan struct{}
 		if c.windowFull() {
-			changed = nil // nothing more can be read until the cursor moves
+			changed = nil         // nothing more can be read until the cursor moves
+			room = c.budgetWait() // or another router gives back budget
 		}
 		timer.Reset(max(c.nextWake(now).Sub(now), 100*time.Microsecond))
 		select {
@@ -144,6 +151,7 @@ func (r *Router) Run(ctx context.Context) error {
 			c.complete(b, r.cfg.Clock.Now())
 			r.drainResults(results)
 		case <-changed:
+		case <-room:
 		case <-timer.C:
 		case f := <-r.ctl:
 			f(c)
@@ -181,8 +189,9 @@ func (r *Router) shutdown(results chan *batch, cancelSends context.CancelFunc) e
 	}
 	c.stop(r.cfg.Clock.Now())
 	r.wg.Wait()
+	c.releaseBudget()
+	r.stopped = true
 	r.publish()
-	r.status.Load().State = "stopped"
 	if c.err != nil {
 		return c.err
 	}
@@ -206,6 +215,8 @@ func (r *Router) publish() {
 	state := c.health.state.String()
 	now := r.cfg.Clock.Now()
 	switch {
+	case r.stopped:
+		state = "stopped"
 	case c.paused:
 		state = "paused"
 	case c.health.state == Healthy && now.Before(c.throttledUntil):
@@ -214,7 +225,7 @@ func (r *Router) publish() {
 	cur, _ := r.cons.Cursor()
 	st := &Status{
 		Destination: r.cfg.Name, State: state, Concurrency: c.aimd.Limit(), InFlight: c.inFlight,
-		Window: len(c.window) - c.head, Cursor: cur, Counters: c.stats,
+		Window: len(c.window) - c.head, WindowBytes: c.winSize, Cursor: cur, Counters: c.stats,
 	}
 	if c.health.state != Healthy {
 		st.BackoffUntil = c.health.until

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -128,11 +129,16 @@ func (r *rig) add(user string) string {
 	return id
 }
 
-func run(rt *router.Router) (stop func() error) {
+// run starts rt and returns its stop, which the test's cleanup also calls:
+// a test that fails midway still stops its router before the engine under
+// it closes.
+func run(t *testing.T, rt *router.Router) (stop func() error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- rt.Run(ctx) }()
-	return func() error { cancel(); return <-done }
+	stop = sync.OnceValue(func() error { cancel(); return <-done })
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // waitFor polls cond until it holds or 20s pass.
@@ -189,7 +195,7 @@ func TestRouterRunDelivers(t *testing.T) {
 		return 200, nil
 	}
 	rt := r.router(3)
-	stop := run(rt)
+	stop := run(t, rt)
 	for i := 0; i < 50; i++ {
 		r.sink.mu.Lock() // the script reads poison under the sink's lock
 		id := r.add(fmt.Sprintf("u%d", i%5))
@@ -222,7 +228,7 @@ func TestRouterRunDelivers(t *testing.T) {
 	poison = ""
 	r.sink.mu.Unlock()
 	rt = r.router(3)
-	stop = run(rt)
+	stop = run(t, rt)
 	time.Sleep(50 * time.Millisecond)
 	if n, err := r.cons.Replay(time.Now().UnixNano(), nil); n != 1 || err != nil {
 		t.Fatalf("replay: %d %v", n, err)
@@ -255,7 +261,7 @@ func TestRouterRestart(t *testing.T) {
 		return 200, nil
 	}
 	rt := r.router(1000)
-	stop := run(rt)
+	stop := run(t, rt)
 	for i := 0; i < 40; i++ {
 		r.add(fmt.Sprintf("u%d", i%4))
 	}
@@ -273,7 +279,7 @@ func TestRouterRestart(t *testing.T) {
 	down = false
 	mu.Unlock()
 	rt2 := r.router(1000)
-	stop = run(rt2)
+	stop = run(t, rt2)
 	r.add("u0")
 	r.waitFor("everything settled", func() bool {
 		_, has, _ := r.cons.Barrier([]byte("u0"))
@@ -283,4 +289,37 @@ func TestRouterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.checkDelivered(nil)
+}
+
+// Status may be read at any time, also while the router stops: a published
+// snapshot is never edited (go test -race). Stopping is quick, so the test
+// stops many routers while a reader spins on each.
+func TestRouterStatusWhileStopping(t *testing.T) {
+	r := newRig(t)
+	for i := range 20 {
+		r.add(fmt.Sprintf("u%d", i%3))
+	}
+	for round := range 30 {
+		rt := r.router(3)
+		stop := run(t, rt)
+		if round == 0 {
+			r.waitFor("every event settled", r.settled)
+		}
+		var stopped atomic.Bool
+		readerDone := make(chan struct{})
+		go func() {
+			defer close(readerDone)
+			for !stopped.Load() {
+				_ = rt.Status().State
+			}
+		}()
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		stopped.Store(true)
+		<-readerDone
+		if st := rt.Status(); st.State != "stopped" {
+			t.Fatalf("round %d: status %+v", round, st)
+		}
+	}
 }

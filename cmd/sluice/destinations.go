@@ -10,7 +10,8 @@ import (
 	"github.com/sluice-cdi/sluice/router/webhook"
 )
 
-// buildRouters creates each configured destination and its router.
+// buildRouters creates each configured destination and its router. cfg is
+// complete (loadConfig): every default is filled and every value checked.
 func buildRouters(cfg *Config, eng *engine.Engine, log *slog.Logger) ([]*router.Router, error) {
 	var out []*router.Router
 	closeAll := func() {
@@ -20,27 +21,28 @@ func buildRouters(cfg *Config, eng *engine.Engine, log *slog.Logger) ([]*router.
 	}
 	for i := range cfg.Destinations {
 		d := &cfg.Destinations[i]
-		dest, batch, err := buildDestination(d)
+		dest, err := buildDestination(d)
 		if err != nil {
 			closeAll()
-			return nil, err
+			return nil, fmt.Errorf("cannot start destination %q (config line %d): %w", d.Name, d.line, err)
 		}
 		cons, err := eng.Consumer(d.Name)
 		if err != nil {
 			dest.Close()
 			closeAll()
-			return nil, err
+			return nil, fmt.Errorf("cannot open the log for destination %q: %w", d.Name, err)
 		}
 		r, err := router.New(router.Config{
 			Name:           d.Name,
 			Sources:        d.Sources,
 			Events:         d.Events,
 			Ordering:       *d.Ordering,
-			BatchSize:      batch,
+			BatchSize:      d.BatchSize,
 			ConcurrencyMax: d.Concurrency,
 			RateLimit:      d.RateLimit,
 			Timeout:        d.Timeout,
-			Logger:         log.With("component", "router", "destination", d.Name),
+			// The router names the destination in each of its lines.
+			Logger: log.With("component", "router"),
 			Policy: router.Policy{
 				MinAttempts:      d.Retry.MinAttempts,
 				MaxAge:           d.Retry.MaxAge,
@@ -56,41 +58,22 @@ func buildRouters(cfg *Config, eng *engine.Engine, log *slog.Logger) ([]*router.
 		if err != nil {
 			dest.Close()
 			closeAll()
-			return nil, fmt.Errorf("line %d: %w", d.line, err)
+			return nil, fmt.Errorf("cannot start destination %q (config line %d): %w", d.Name, d.line, err)
 		}
 		out = append(out, r)
 	}
 	return out, nil
 }
 
-func buildDestination(d *Destination) (router.Destination, int, error) {
-	switch d.Type {
-	case "webhook":
-		var c WebhookConfig
-		if err := d.decodeConfig(&c); err != nil {
-			return nil, 0, err
-		}
-		batch := max(d.BatchSize, 1)
-		w, err := webhook.New(webhook.Config{URL: c.URL, Method: c.Method, Headers: c.Headers, Secret: c.Secret,
+func buildDestination(d *Destination) (router.Destination, error) {
+	switch {
+	case d.webhook != nil:
+		c := d.webhook
+		return webhook.New(webhook.Config{URL: c.URL, Method: c.Method, Headers: c.Headers, Secret: c.Secret,
 			Batch: d.BatchSize > 1, Timeout: d.Timeout, PartialFailures: c.PartialFailures})
-		if err != nil {
-			return nil, 0, fmt.Errorf("line %d: destination %q: %w", d.line, d.Name, err)
-		}
-		return w, batch, nil
-	case "file":
-		var c FileConfig
-		if err := d.decodeConfig(&c); err != nil {
-			return nil, 0, err
-		}
-		batch := d.BatchSize
-		if batch == 0 {
-			batch = 100
-		}
-		f, err := filedest.New(filedest.Config{Path: c.Path, MaxBytes: c.MaxBytes, MaxAge: c.MaxAge, Compress: c.Compress})
-		if err != nil {
-			return nil, 0, fmt.Errorf("line %d: destination %q: %w", d.line, d.Name, err)
-		}
-		return f, batch, nil
+	case d.file != nil:
+		c := d.file
+		return filedest.New(filedest.Config{Path: c.Path, MaxBytes: c.MaxBytes, MaxAge: c.MaxAge, Compress: c.Compress})
 	}
-	return nil, 0, fmt.Errorf("line %d: destination %q has unknown type %q", d.line, d.Name, d.Type)
+	return nil, fmt.Errorf("BUG: destination %q of type %q was not checked", d.Name, d.Type)
 }

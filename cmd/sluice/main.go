@@ -34,7 +34,7 @@ import (
 	"github.com/sluice-cdi/sluice/router"
 )
 
-const usageText = "usage: sluice serve [--config FILE] | status | dlq list|replay|purge | pause|resume DESTINATION | version"
+const usageText = "usage: sluice serve [--config FILE] | status | dlq list|replay|purge | pause|resume DESTINATION | recover [--config FILE] | version"
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
@@ -57,6 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return dlqCmd(args[1:], stdout, stderr)
 	case "pause", "resume":
 		return pauseCmd(args[0], args[1:], stdout, stderr)
+	case "recover":
+		return recoverCmd(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return 0
@@ -73,6 +75,10 @@ func serveCmd(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	// SIGHUP's default action ends the process: take it over first.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if *configPath == "" {
 		*configPath = findQuickstart()
 	}
@@ -88,11 +94,25 @@ func serveCmd(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	go ignoreHangups(ctx, hup, log)
 	if err := serve(ctx, cfg, log); err != nil {
 		log.Error("sluice stopped", "err", err)
 		return 1
 	}
 	return 0
+}
+
+// ignoreHangups logs each SIGHUP until ctx ends: a reload is what users
+// expect of it, and until that lands it must not end the process.
+func ignoreHangups(ctx context.Context, hup <-chan os.Signal, log *slog.Logger) {
+	for {
+		select {
+		case <-hup:
+			log.Info("SIGHUP received; config reload is not supported yet, ignoring")
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // procsFor returns the GOMAXPROCS to set, or 0 to keep the runtime's.
@@ -142,20 +162,7 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 // serve runs until ctx ends, then shuts down in order: stop accepting,
 // finish requests in flight, close the engine.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger) (err error) {
-	eng, err := engine.Open(engine.Options{
-		Dir:              cfg.DataDir,
-		Logger:           log.With("component", "engine"),
-		SegmentBytesMax:  cfg.Engine.SegmentBytesMax,
-		DiskBudgetBytes:  cfg.Engine.DiskBudgetBytes,
-		BacklogEventsMax: cfg.Engine.BacklogEventsMax,
-		DedupWindow:      cfg.Engine.DedupWindow,
-		DedupFilterBytes: cfg.Engine.DedupFilterBytes,
-		ReclaimInterval:  cfg.Engine.ReclaimInterval,
-
-		ReserveBytes:      cfg.Engine.ReserveBytes,
-		DiskFreeBytesMin:  cfg.Engine.DiskFreeBytesMin,
-		DiskCheckInterval: cfg.Engine.DiskCheckInterval,
-	})
+	eng, err := engine.Open(engineOptions(cfg, log))
 	if err != nil {
 		return fmt.Errorf("cannot open engine: %w", err)
 	}
@@ -175,6 +182,13 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) (err error) {
 			}
 		}
 	}()
+	// Before anything is served: a damaged paused file stops the start,
+	// and paused destinations are paused before their routers run.
+	admin, err := router.NewAdmin(eng, routers, router.AdminOptions{Token: cfg.AdminToken, Logger: log.With("component", "admin"),
+		PausedPath: filepath.Join(cfg.DataDir, "paused.json")})
+	if err != nil {
+		return err
+	}
 	srv, err := ingest.New(ingestOptions(cfg, log), ingest.Deps{Appender: eng, Stats: eng.Stats,
 		Metrics: []func(io.Writer){func(w io.Writer) { router.WriteMetrics(w, routers) }}})
 	if err != nil {
@@ -189,7 +203,6 @@ func serve(ctx context.Context, cfg *Config, log *slog.Logger) (err error) {
 		ln.Close()
 		return fmt.Errorf("cannot listen on %s: %w", cfg.AdminListen, err)
 	}
-	admin := router.NewAdmin(eng, routers, router.AdminOptions{Token: cfg.AdminToken, Logger: log.With("component", "admin")})
 	log.Info("sluice serving", "listen", ln.Addr().String(), "admin", adminLn.Addr().String(), "data_dir", cfg.DataDir,
 		"sources", len(cfg.Sources), "destinations", len(cfg.Destinations), "version", version)
 	errc := make(chan error, 2)

@@ -3,8 +3,10 @@ package filedest
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -126,5 +128,59 @@ func TestBadPath(t *testing.T) {
 	os.WriteFile(f, nil, 0o644)
 	if _, err := New(Config{Path: filepath.Join(f, "x.jsonl")}); err == nil {
 		t.Fatal("path under a file accepted")
+	}
+}
+
+// Rotated names sort lexically in the order the files were written: within
+// one millisecond (counters past 9), across millisecond, second and day
+// boundaries, when the clock steps back, and after a restart within the
+// same millisecond (no name is reused: a rename over an older file would
+// lose it). A clock that steps back across a restart is not covered: the
+// new process does not look at the names already there.
+func TestRotatedNamesSort(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Date(2026, 12, 31, 23, 59, 59, 997_000_000, time.UTC)
+	clock := func() time.Time { return now }
+	path := filepath.Join(dir, "e.jsonl")
+	n := 0
+	send := func(d *File) {
+		n++
+		if res := d.Send(context.Background(), evs(fmt.Sprintf(`{"n":%d}`, n))); res.Status != 200 {
+			t.Fatalf("send %d: %+v", n, res)
+		}
+	}
+	d, err := New(Config{Path: path, MaxBytes: 1, Now: clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 30 { // each Send rotates the one before
+		send(d)
+		if i >= 15 { // the first 15 in one millisecond
+			now = now.Add(700 * time.Microsecond)
+		}
+	}
+	d.Close()
+	d, _ = New(Config{Path: path, MaxBytes: 1, Now: clock}) // a restart, same millisecond
+	for i := range 6 {
+		send(d)
+		if i == 2 {
+			now = now.Add(-time.Minute) // the clock steps back
+		}
+	}
+	d.Close()
+	names, _ := filepath.Glob(filepath.Join(dir, "e-*.jsonl"))
+	sort.Strings(names)
+	var all []string
+	for _, name := range names {
+		all = append(all, lines(t, name, false)...)
+	}
+	all = append(all, lines(t, path, false)...)
+	if len(all) != n {
+		t.Fatalf("%d lines in %d files, want %d", len(all), len(names)+1, n)
+	}
+	for i, l := range all {
+		if want := fmt.Sprintf(`{"n":%d}`, i+1); l != want {
+			t.Fatalf("in name order, line %d is %s, want %s (names %v)", i, l, want, names)
+		}
 	}
 }

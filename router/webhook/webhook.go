@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"strconv"
 	"sync"
@@ -54,15 +55,32 @@ type Config struct {
 	// Each names an event by its position in the array sent or by its
 	// messageId; status is that event's own (default 400: refused for
 	// good; 5xx, 408 and 429 retry it). Without it, or when the body names
-	// none, the status stands for the whole batch.
+	// none, the status stands for the whole batch. Such an answer must fit
+	// in ResponseBytesMax: a longer one cannot be trusted (see Send).
 	PartialFailures bool
 }
+
+// ResponseBytesMax is how much of a response body is read: enough for a
+// partial answer naming every event of a large batch. The rest is not
+// read (the connection is closed instead of drained), and the status
+// stands: an endpoint that answers 2xx with a huge body has delivered.
+const ResponseBytesMax = 64 << 10
+
+// ErrAnswerTooLarge is a partial-failures answer longer than
+// ResponseBytesMax: which events it refuses cannot be read, so the batch
+// is retried (and bisected, so smaller batches get shorter answers).
+var ErrAnswerTooLarge = errors.New("partial answer longer than the response cap")
 
 // Webhook sends events over HTTP. Safe for concurrent use.
 type Webhook struct {
 	cfg    Config
 	client *fasthttp.Client
-	bufs   sync.Pool
+	bufs   sync.Pool // of *bufs
+}
+
+// bufs are one request's reused buffers.
+type bufs struct {
+	req, resp []byte
 }
 
 // New checks the config and returns the destination.
@@ -84,7 +102,7 @@ func New(cfg Config) (*Webhook, error) {
 		Name:                     "sluice",
 		MaxConnsPerHost:          cfg.ConnsMax,
 		MaxIdleConnDuration:      90 * time.Second,
-		MaxResponseBodySize:      1 << 20,
+		StreamResponseBody:       true, // read up to ResponseBytesMax by Send
 		NoDefaultUserAgentHeader: false,
 		RetryIfErr:               func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
 	}}, nil
@@ -101,11 +119,12 @@ func (w *Webhook) Send(ctx context.Context, events []router.Event) router.Result
 	for k, v := range w.cfg.Headers {
 		req.Header.Set(k, v)
 	}
-	bp, _ := w.bufs.Get().(*[]byte)
+	bp, _ := w.bufs.Get().(*bufs)
 	if bp == nil {
-		bp = new([]byte)
+		bp = new(bufs)
 	}
-	body := (*bp)[:0]
+	defer w.bufs.Put(bp)
+	body := bp.req[:0]
 	if w.cfg.Batch {
 		body = append(body, '[')
 		for i, ev := range events {
@@ -134,8 +153,14 @@ func (w *Webhook) Send(ctx context.Context, events []router.Event) router.Result
 		deadline = time.Now().Add(w.cfg.Timeout)
 	}
 	err := w.client.DoDeadline(req, resp, deadline)
-	*bp = body
-	w.bufs.Put(bp)
+	bp.req = body
+	var whole bool
+	if err == nil {
+		if bp.resp, whole, err = readBody(resp, bp.resp[:0]); err != nil {
+			// Answered, but cut off: the events may have been taken.
+			return router.Result{Err: fmt.Errorf("webhook: %w", err), Ambiguous: true}
+		}
+	}
 	if err != nil {
 		// A timeout after the request went out may have been delivered.
 		// So was a request whose answer was too large to read.
@@ -143,12 +168,20 @@ func (w *Webhook) Send(ctx context.Context, events []router.Event) router.Result
 			errors.Is(err, fasthttp.ErrBodyTooLarge)
 		return router.Result{Err: fmt.Errorf("webhook: %w", err), Ambiguous: ambiguous}
 	}
-	res := router.Result{Status: resp.StatusCode(), Body: bytes.Clone(capped(resp.Body()))}
+	answer := bp.resp
+	res := router.Result{Status: resp.StatusCode(), Body: bytes.Clone(capped(answer))}
 	if ra := resp.Header.Peek("Retry-After"); len(ra) > 0 {
 		res.RetryAfter = parseRetryAfter(ra, time.Now())
 	}
-	if w.cfg.PartialFailures && w.cfg.Batch && res.Status >= 200 && res.Status < 500 && len(resp.Body()) > 0 {
-		rej, err := parseRejected(resp.Body(), events)
+	if w.cfg.PartialFailures && w.cfg.Batch && res.Status >= 200 && res.Status < 500 && len(answer) > 0 {
+		if !whole {
+			// It may name refused events past the cap: retried, as an
+			// answer that cannot be told (the destination may have taken
+			// some, so it is ambiguous).
+			return router.Result{Err: fmt.Errorf("webhook: cannot read the answer to a batch of %d: %w",
+				len(events), ErrAnswerTooLarge), Ambiguous: true, Body: res.Body}
+		}
+		rej, err := parseRejected(answer, events)
 		if err != nil {
 			// Some event was refused, and which is unknown: nothing of the
 			// answer can be trusted, so the batch is retried (and, if it
@@ -158,6 +191,43 @@ func (w *Webhook) Send(ctx context.Context, events []router.Event) router.Result
 		res.Rejected = rej
 	}
 	return res
+}
+
+// readBody appends the streamed response body to dst, at most
+// ResponseBytesMax bytes, and closes the stream: whole reports that it was
+// all read. A longer body's rest is left unread and its connection closed.
+func readBody(resp *fasthttp.Response, dst []byte) (_ []byte, whole bool, err error) {
+	stream := resp.BodyStream()
+	if stream == nil { // no body (204, HEAD) or already buffered
+		return append(dst, resp.Body()...), true, nil
+	}
+	for len(dst) <= ResponseBytesMax {
+		if len(dst) == cap(dst) {
+			dst = append(dst, 0)[:len(dst)]
+		}
+		n, rerr := stream.Read(dst[len(dst):min(cap(dst), ResponseBytesMax+1)])
+		dst = dst[:len(dst)+n]
+		if rerr == io.EOF {
+			return dst, true, resp.CloseBodyStream()
+		}
+		if rerr != nil {
+			closeStream(resp, stream, rerr)
+			return dst, false, fmt.Errorf("cannot read response body: %w", rerr)
+		}
+	}
+	// One byte past the cap tells a longer body from one of exactly the cap.
+	closeStream(resp, stream, fasthttp.ErrBodyTooLarge)
+	return dst[:ResponseBytesMax], false, nil
+}
+
+// closeStream closes a body stream left unread: its connection is not
+// reused.
+func closeStream(resp *fasthttp.Response, stream io.Reader, why error) {
+	if c, ok := stream.(fasthttp.ReadCloserWithError); ok {
+		c.CloseWithError(why)
+		return
+	}
+	resp.CloseBodyStream()
 }
 
 // parseRejected reads the events a partial answer names (see

@@ -6,10 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -192,5 +194,81 @@ func TestPartialFailures(t *testing.T) {
 		if got, err := parseRejected([]byte(b), []router.Event{ev("m-0", `{}`)}); got != nil || err != nil {
 			t.Errorf("body %s: rejected %+v, %v", b, got, err)
 		}
+	}
+}
+
+// An answer is read up to ResponseBytesMax and the rest left unread: a 2xx
+// with a huge body has delivered (it used to fail as "body too large", an
+// ambiguous error retried for ever), and the connection pool still works.
+func TestHugeAnswer(t *testing.T) {
+	const huge = 50 << 20
+	chunk := []byte(strings.Repeat("x", 64<<10))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/small" {
+			io.WriteString(w, `{"ok":true}`)
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(huge))
+		for sent := 0; sent < huge; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return // the client hung up after the cap
+			}
+		}
+	}))
+	defer srv.Close()
+	for _, batch := range []bool{false, true} {
+		w, err := New(Config{URL: srv.URL, Batch: batch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			res := w.Send(context.Background(), []router.Event{ev("m-1", `{}`)})
+			if res.Err != nil || res.Status != 200 || len(res.Body) == 0 || len(res.Body) > 4096 {
+				t.Fatalf("batch=%v: result %+v (body %d bytes), want 200", batch, res.Err, len(res.Body))
+			}
+		}
+		w.cfg.URL = srv.URL + "/small"
+		if res := w.Send(context.Background(), []router.Event{ev("m-2", `{}`)}); res.Err != nil || string(res.Body) != `{"ok":true}` {
+			t.Fatalf("after huge answers: status %d, err %v, body %q", res.Status, res.Err, res.Body)
+		}
+		w.Close()
+	}
+}
+
+// A partial-failures answer is trusted only whole: one of exactly
+// ResponseBytesMax is parsed, a longer one fails the request (the batch is
+// retried), never taken as "the rest was delivered".
+func TestPartialAnswerCap(t *testing.T) {
+	answer := func(size int) string {
+		a := `{"rejected":[{"index":1,"status":400}],"pad":"`
+		return a + strings.Repeat("p", size-len(a)-2) + `"}`
+	}
+	for _, tc := range []struct {
+		size int
+		ok   bool
+	}{{1 << 10, true}, {ResponseBytesMax, true}, {ResponseBytesMax + 1, false}, {4 << 20, false}} {
+		body := answer(tc.size)
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			io.WriteString(w, body)
+		}))
+		w, _ := New(Config{URL: srv.URL, Batch: true, PartialFailures: true})
+		res := w.Send(context.Background(), []router.Event{ev("m-0", `{}`), ev("m-1", `{}`)})
+		if tc.ok {
+			if res.Err != nil || res.Status != 200 || len(res.Rejected) != 1 || res.Rejected[0].Index != 1 {
+				t.Errorf("answer of %d bytes: status %d, err %v, rejected %+v, want event 1 rejected", tc.size, res.Status, res.Err, res.Rejected)
+			}
+		} else if !errors.Is(res.Err, ErrAnswerTooLarge) || !res.Ambiguous || res.Status != 0 || res.Rejected != nil {
+			t.Errorf("answer of %d bytes: status %d, err %v, ambiguous %v, rejected %+v, want ErrAnswerTooLarge", tc.size, res.Status, res.Err, res.Ambiguous, res.Rejected)
+		}
+		// Without partial failures the status stands, whatever the size.
+		w2, _ := New(Config{URL: srv.URL, Batch: true})
+		if res := w2.Send(context.Background(), []router.Event{ev("m-0", `{}`)}); res.Err != nil || res.Status != 200 {
+			t.Errorf("answer of %d bytes, option off: status %d, err %v", tc.size, res.Status, res.Err)
+		}
+		w.Close()
+		w2.Close()
+		srv.Close()
 	}
 }

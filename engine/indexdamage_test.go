@@ -1,0 +1,330 @@
+package engine
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// Index damage tests: the Pebble index loses its WAL (deleted, truncated,
+// a flipped byte) or its whole folder. Segment files are never deleted for
+// it: Open adopts the files past the index's manifest, or refuses with
+// ErrIndexDamaged, and Recover rebuilds the index from the segments.
+
+// damageFS is a filesystem with its data directory, in memory or on disk.
+type damageFS struct {
+	name string
+	fs   vfs.FS
+	dir  string
+}
+
+func damageFSes(t *testing.T) []damageFS {
+	return []damageFS{
+		{"mem", vfs.NewCrashableMem(), "/data"},
+		{"disk", vfs.Default, t.TempDir()},
+	}
+}
+
+func (d damageFS) options(logs *logCapture) Options {
+	o := crashOptions(d.fs, logs.logger())
+	o.Dir = d.dir
+	return o
+}
+
+func (d damageFS) segmentFiles(t *testing.T) []string {
+	t.Helper()
+	names, err := d.fs.List(d.fs.PathJoin(d.dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var segs []string
+	for _, n := range names {
+		if _, ok := parseSegmentFileName(n); ok {
+			segs = append(segs, n)
+		}
+	}
+	slices.Sort(segs)
+	return segs
+}
+
+// walFiles returns the index's WAL files, oldest first.
+func (d damageFS) walFiles(t *testing.T) []string {
+	t.Helper()
+	idx := d.fs.PathJoin(d.dir, "index")
+	names, err := d.fs.List(idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wals []string
+	for _, n := range names {
+		if strings.HasSuffix(n, ".log") {
+			wals = append(wals, d.fs.PathJoin(idx, n))
+		}
+	}
+	slices.Sort(wals)
+	return wals
+}
+
+// fill writes two sessions of records (the first one's index entries end
+// up in a table when the second opens, the second's stay in the WAL) with
+// a consumer part way, and returns every messageId in log order.
+func (d damageFS) fill(t *testing.T) []string {
+	t.Helper()
+	var ids []string
+	for session, prefix := range []string{"a", "b"} {
+		e, err := Open(d.options(&logCapture{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := consumerOf(t, e, "c")
+		ids = append(ids, appendIDs(t, e, prefix, 0, 400, 20)...)
+		if session == 0 {
+			tx := c.Begin()
+			tx.Advance(100, 0)
+			if err := tx.CommitSync(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := e.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ids
+}
+
+// expectAll opens the engine and checks that every record is there, in
+// order, with nothing lost.
+func (d damageFS) expectAll(t *testing.T, ids []string) *Engine {
+	t.Helper()
+	logs := &logCapture{}
+	e, err := Open(d.options(logs))
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { e.Close() })
+	expectLog(t, e, 1, ids)
+	if lost := e.LostRanges(); len(lost) > 0 {
+		t.Fatalf("lost %v\n%s", lost, logs.all())
+	}
+	return e
+}
+
+func TestIndexDamageFolderGone(t *testing.T) {
+	for _, d := range damageFSes(t) {
+		t.Run(d.name, func(t *testing.T) {
+			ids := d.fill(t)
+			segs := d.segmentFiles(t)
+			if err := d.fs.RemoveAll(d.fs.PathJoin(d.dir, "index")); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Open(d.options(&logCapture{}))
+			if !errors.Is(err, ErrIndexDamaged) || !strings.Contains(err.Error(), "sluice recover") {
+				t.Fatalf("open without an index: %v, want ErrIndexDamaged naming sluice recover", err)
+			}
+			if got := d.segmentFiles(t); !slices.Equal(got, segs) {
+				t.Fatalf("segment files %v after the refused open, want %v", got, segs)
+			}
+			rep, err := Recover(d.options(&logCapture{}), []string{"c", "d"})
+			if err != nil {
+				t.Fatalf("recover: %v", err)
+			}
+			if rep.IndexKept || rep.EntriesLost != -1 || rep.FirstSeq != 1 || rep.LastSeq != uint64(len(ids)) || len(rep.SetAside) != 0 {
+				t.Fatalf("report %+v", rep)
+			}
+			// Cursors were lost with the index: both destinations deliver
+			// everything retained again.
+			want := []RecoveredConsumer{{"c", 1, true}, {"d", 1, true}}
+			if !slices.Equal(rep.Consumers, want) {
+				t.Fatalf("consumers %+v, want %+v", rep.Consumers, want)
+			}
+			e := d.expectAll(t, ids)
+			if cur, _ := consumerOf(t, e, "c").Cursor(); cur != 1 {
+				t.Fatalf("cursor %d after recovery, want 1", cur)
+			}
+			// Dedup was rebuilt from the log.
+			if res, err := e.Append(t.Context(), recsFor(ids[:3])); err != nil || res.Duplicates != 3 {
+				t.Fatalf("resend after recovery: %+v %v", res, err)
+			}
+		})
+	}
+}
+
+func TestIndexDamageWALDeleted(t *testing.T) {
+	for _, d := range damageFSes(t) {
+		t.Run(d.name, func(t *testing.T) {
+			ids := d.fill(t)
+			segs := d.segmentFiles(t)
+			for _, w := range d.walFiles(t) {
+				if err := d.fs.Remove(w); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e, err := Open(d.options(&logCapture{}))
+			if err == nil {
+				// The older state in the tables names the first session's
+				// segments: the second's were adopted.
+				e.Close()
+			} else if !errors.Is(err, ErrIndexDamaged) {
+				t.Fatalf("open: %v", err)
+			} else {
+				if got := d.segmentFiles(t); !slices.Equal(got, segs) {
+					t.Fatalf("segment files %v after the refused open, want %v", got, segs)
+				}
+				if _, err := Recover(d.options(&logCapture{}), []string{"c"}); err != nil {
+					t.Fatalf("recover: %v", err)
+				}
+			}
+			e = d.expectAll(t, ids)
+			// The cursor is never ahead of where it was: at-least-once.
+			if cur, _ := consumerOf(t, e, "c").Cursor(); cur > 100 {
+				t.Fatalf("cursor %d, want at most 100", cur)
+			}
+		})
+	}
+}
+
+// TestIndexDamageWALTruncated cuts the second session's WAL short: the
+// index comes back older, its manifest missing the newest segments, which
+// Open adopts without losing a record.
+func TestIndexDamageWALTruncated(t *testing.T) {
+	for _, d := range damageFSes(t) {
+		t.Run(d.name, func(t *testing.T) {
+			ids := d.fill(t)
+			wals := d.walFiles(t)
+			w := wals[len(wals)-1]
+			st, err := d.fs.Stat(w)
+			if err != nil {
+				t.Fatal(err)
+			}
+			truncateFile(t, d.fs, w, st.Size()/4)
+			logs := &logCapture{}
+			e, err := Open(d.options(logs))
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			e.Close()
+			if !strings.Contains(logs.all(), "index was behind the log") {
+				t.Fatalf("adoption not logged:\n%s", logs.all())
+			}
+			d.expectAll(t, ids)
+		})
+	}
+}
+
+// TestIndexDamageWALFlipped flips bytes in the middle of the second
+// session's WAL: Pebble either stops reading there (an older index, whose
+// missing segments are adopted) or refuses to open (Recover rebuilds it).
+// Either way no record is lost.
+func TestIndexDamageWALFlipped(t *testing.T) {
+	d := damageFS{"disk", vfs.Default, t.TempDir()}
+	ids := d.fill(t)
+	wals := d.walFiles(t)
+	w := wals[len(wals)-1]
+	b, err := os.ReadFile(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := len(b) / 3; i < len(b)/3+8; i++ {
+		b[i] ^= 0x5a
+	}
+	if err := os.WriteFile(w, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e, err := Open(d.options(&logCapture{}))
+	if err != nil {
+		if _, err := Recover(d.options(&logCapture{}), []string{"c"}); err != nil {
+			t.Fatalf("recover after %v: %v", err, err)
+		}
+	} else {
+		e.Close()
+	}
+	d.expectAll(t, ids)
+	if _, err := os.Stat(filepath.Join(d.dir, "index")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRecoverKeepsReadableIndex runs Recover on an intact index: cursors
+// and entries stay, nothing is lost, the old index is saved.
+func TestRecoverKeepsReadableIndex(t *testing.T) {
+	d := damageFS{"mem", vfs.NewMem(), "/data"}
+	ids := d.fill(t)
+	rep, err := Recover(d.options(&logCapture{}), []string{"c", "new"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.IndexKept || rep.SavedIndex == "" || rep.EntriesLost != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	want := []RecoveredConsumer{{"c", 100, false}, {"new", 1, true}}
+	if !slices.Equal(rep.Consumers, want) {
+		t.Fatalf("consumers %+v, want %+v", rep.Consumers, want)
+	}
+	if _, err := d.fs.Stat(d.fs.PathJoin(rep.SavedIndex, "MANIFEST-000001")); err != nil {
+		names, _ := d.fs.List(rep.SavedIndex)
+		if len(names) == 0 {
+			t.Fatalf("saved index %s is empty", rep.SavedIndex)
+		}
+	}
+	d.expectAll(t, ids)
+}
+
+func truncateFile(t *testing.T, fs vfs.FS, path string, size int64) {
+	t.Helper()
+	in, err := fs.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, size)
+	_, err = in.ReadAt(b, 0)
+	in.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, fs, path, b)
+}
+
+// TestIndexDamageManifestFlipped damages Pebble's own manifest: Open
+// refuses (naming the recovery), Recover builds a new index, nothing is
+// lost.
+func TestIndexDamageManifestFlipped(t *testing.T) {
+	d := damageFS{"disk", vfs.Default, t.TempDir()}
+	ids := d.fill(t)
+	ms, err := filepath.Glob(filepath.Join(d.dir, "index", "MANIFEST-*"))
+	if err != nil || len(ms) == 0 {
+		t.Fatalf("no Pebble manifest: %v", err)
+	}
+	for _, m := range ms {
+		b, err := os.ReadFile(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < len(b); i += 7 {
+			b[i] ^= 0xa5
+		}
+		if err := os.WriteFile(m, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	segs := d.segmentFiles(t)
+	_, err = Open(d.options(&logCapture{}))
+	if err == nil || !strings.Contains(err.Error(), "sluice recover") {
+		t.Fatalf("open with a damaged Pebble manifest: %v, want an error naming sluice recover", err)
+	}
+	if got := d.segmentFiles(t); !slices.Equal(got, segs) {
+		t.Fatalf("segment files %v after the refused open, want %v", got, segs)
+	}
+	rep, err := Recover(d.options(&logCapture{}), []string{"c"})
+	if err != nil {
+		t.Fatalf("recover: %v", err)
+	}
+	if rep.IndexKept || rep.SavedIndex == "" {
+		t.Fatalf("report %+v", rep)
+	}
+	d.expectAll(t, ids)
+}
