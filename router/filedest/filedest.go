@@ -18,13 +18,15 @@
 // lands after a torn line or frame: the file holds whole lines (whole
 // frames) only, every acknowledged event, and decodes with any zstd tool.
 // When even the cut fails, the file is closed and cut on reopening, before
-// anything else is written to it.
+// anything else is written to it. Opening a file also cuts a torn end left
+// by a crash (see tail.go).
 package filedest
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -51,12 +53,16 @@ type Config struct {
 	Now func() time.Time
 	// FS is the file system. Default OS{}.
 	FS FS
+	// Logger receives a warning when a torn end is cut off the active
+	// file at opening. Default slog.Default().
+	Logger *slog.Logger
 }
 
 // File appends events to files. Safe for concurrent use.
 type File struct {
 	cfg Config
 	zw  *zstd.Encoder // EncodeAll only: no stream state between Sends
+	dec *zstd.Decoder // checks the last frame at opening
 	mu  sync.Mutex
 	f   AppendFile
 	// good is the active file's length after the last good Send (or at
@@ -90,6 +96,9 @@ func New(cfg Config) (*File, error) {
 	if cfg.FS == nil {
 		cfg.FS = OS{}
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
 	if cfg.Compress && !strings.HasSuffix(cfg.Path, ".zst") {
 		cfg.Path += ".zst"
 	}
@@ -103,6 +112,9 @@ func New(cfg Config) (*File, error) {
 			return nil, fmt.Errorf("file: cannot start zstd: %w", err)
 		}
 		d.zw = zw
+		if d.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1)); err != nil {
+			return nil, fmt.Errorf("file: cannot start zstd: %w", err)
+		}
 	}
 	if err := d.open(); err != nil {
 		return nil, err
@@ -119,6 +131,18 @@ func (d *File) open() error {
 	if err != nil {
 		f.Close()
 		return fmt.Errorf("file: cannot stat %s: %w", d.cfg.Path, err)
+	}
+	if !d.cut && n > 0 {
+		whole, err := wholeLength(f, n, d.cfg.Compress, d.dec)
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("file: cannot read the end of %s: %w", d.cfg.Path, err)
+		}
+		if whole < n {
+			d.cfg.Logger.Warn("file destination: cutting a torn end (never acknowledged) off the active file",
+				"path", d.cfg.Path, "bytes", n, "whole", whole)
+			d.good, d.size, d.cut = whole, n, true
+		}
 	}
 	if d.cut {
 		if n > d.good {
@@ -264,5 +288,8 @@ func (d *File) closeFile() error {
 func (d *File) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.dec != nil {
+		d.dec.Close()
+	}
 	return d.closeFile()
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -181,6 +182,64 @@ func TestRotatedNamesSort(t *testing.T) {
 	for i, l := range all {
 		if want := fmt.Sprintf(`{"n":%d}`, i+1); l != want {
 			t.Fatalf("in name order, line %d is %s, want %s (names %v)", i, l, want, names)
+		}
+	}
+}
+
+// A crash in the middle of a write leaves a torn line or frame (or zeros,
+// after a power loss) at the end of the active file; reopening cuts it off
+// before appending, so the file stays whole lines and whole frames.
+func TestReopenCutsTornTail(t *testing.T) {
+	quiet := slog.New(slog.DiscardHandler)
+	for _, compressed := range []bool{false, true} {
+		for _, tail := range []string{"torn", "zeros", "whole"} {
+			t.Run(fmt.Sprintf("compress=%v/%s", compressed, tail), func(t *testing.T) {
+				path := filepath.Join(t.TempDir(), "e.jsonl")
+				d, err := New(Config{Path: path, Compress: compressed, Logger: quiet})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range 3 {
+					if res := d.Send(context.Background(), evs(fmt.Sprintf(`{"n":%d}`, i))); res.Status != 200 {
+						t.Fatal(res)
+					}
+				}
+				d.Close()
+				// The next Send's bytes as a crash left them.
+				next := []byte(`{"n":"never acknowledged","pad":"` + strings.Repeat("x", 300) + "\"}\n")
+				if compressed {
+					zw, _ := zstd.NewWriter(nil)
+					next = zw.EncodeAll(next, nil)
+				}
+				switch tail {
+				case "torn":
+					next = next[:len(next)*2/3]
+				case "zeros":
+					next = make([]byte, len(next))
+				}
+				f, err := os.OpenFile(d.cfg.Path, os.O_WRONLY|os.O_APPEND, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.Write(next)
+				f.Close()
+				d, err = New(Config{Path: path, Compress: compressed, Logger: quiet})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res := d.Send(context.Background(), evs(`{"n":3}`)); res.Status != 200 {
+					t.Fatal(res)
+				}
+				d.Close()
+				got := strings.Join(lines(t, d.cfg.Path, compressed), " ")
+				want := `{"n":0} {"n":1} {"n":2} {"n":3}`
+				if tail == "whole" {
+					want = `{"n":0} {"n":1} {"n":2} ` + strings.TrimSuffix(`{"n":"never acknowledged","pad":"`+strings.Repeat("x", 300)+"\"}\n", "\n") + ` {"n":3}`
+				}
+				if got != want {
+					t.Fatalf("lines %.200s, want %.200s", got, want)
+				}
+			})
 		}
 	}
 }

@@ -11,7 +11,8 @@ import (
 type FS interface {
 	// MkdirAll creates dir and its parents.
 	MkdirAll(dir string) error
-	// OpenAppend opens name for appending, creating it if needed.
+	// OpenAppend opens name for appending (and reading), creating it if
+	// needed.
 	OpenAppend(name string) (AppendFile, error)
 	// Exists reports whether name exists.
 	Exists(name string) (bool, error)
@@ -25,6 +26,7 @@ type FS interface {
 type AppendFile interface {
 	// Write appends p; a short write returns an error.
 	Write(p []byte) (int, error)
+	ReadAt(p []byte, off int64) (int, error)
 	// Sync makes what was written durable.
 	Sync() error
 	// Truncate cuts the file to size bytes; later writes go after them.
@@ -40,7 +42,7 @@ type OS struct{}
 func (OS) MkdirAll(dir string) error { return os.MkdirAll(dir, 0o755) }
 
 func (OS) OpenAppend(name string) (AppendFile, error) {
-	f, err := os.OpenFile(name, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
