@@ -125,6 +125,9 @@ type IngestConfig struct {
 	WriteTimeout      time.Duration `yaml:"write_timeout"`     // default 10s
 	RetryAfter        time.Duration `yaml:"retry_after"`       // default 1s
 	TrustForwardedFor bool          `yaml:"trust_forwarded_for"`
+	// BodyBytesBudget bounds the request body bytes held across all
+	// connections (default 64 x request_bytes_max); past it, 503.
+	BodyBytesBudget int64 `yaml:"body_bytes_budget"`
 }
 
 // EngineConfig tunes the log (see engine.Options).
@@ -640,6 +643,10 @@ func (c *Config) completeIngest(k *checker) {
 	duration(k, &in.RetryAfter, "ingest.retry_after", time.Second)
 	if k.err == nil && in.EventBytesMax > in.RequestBytesMax {
 		k.failf("ingest.event_bytes_max", "must not exceed request_bytes_max (%d), got %d", in.RequestBytesMax, in.EventBytesMax)
+	}
+	count(k, &in.BodyBytesBudget, "ingest.body_bytes_budget", 64*int64(in.RequestBytesMax))
+	if k.err == nil && in.BodyBytesBudget < int64(in.RequestBytesMax) {
+		k.failf("ingest.body_bytes_budget", "must be at least request_bytes_max (%d), got %d", in.RequestBytesMax, in.BodyBytesBudget)
 	}
 }
 

@@ -254,6 +254,7 @@ func ingestOptions(cfg *Config, log *slog.Logger) ingest.Options {
 		WriteTimeout:      cfg.Ingest.WriteTimeout,
 		RetryAfter:        cfg.Ingest.RetryAfter,
 		TrustForwardedFor: cfg.Ingest.TrustForwardedFor,
+		BodyBytesBudget:   cfg.Ingest.BodyBytesBudget,
 		Version:           version,
 		Logger:            log.With("component", "ingest"),
 	}
