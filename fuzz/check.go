@@ -2,6 +2,7 @@ package fuzz
 
 import (
 	"bytes"
+	"errors"
 	"slices"
 	"strings"
 
@@ -141,6 +142,13 @@ func (s *Sim) unsettledBefore(d *dest, ev *simEvent, inBatch map[uint64]bool) []
 		}
 		bad = append(bad, a.seq)
 	}
+	if len(bad) > 0 && len(s.flipped)+s.damages > 0 {
+		// Events reported lost are final too (they can never be sent).
+		lost := s.eng.LostRanges()
+		bad = slices.DeleteFunc(bad, func(q uint64) bool {
+			return slices.ContainsFunc(lost, func(r engine.SeqRange) bool { return r.First <= q && q <= r.Last }) || s.droppedByRecover(q, false)
+		})
+	}
 	return bad
 }
 
@@ -165,17 +173,21 @@ func (s *Sim) checkBounds(d *dest) {
 }
 
 // checkDurable runs after every reopen: the log ends exactly at the last
-// acknowledged event (nothing lost, nothing unacknowledged appeared), and
-// every event still stored reads back intact.
-func (s *Sim) checkDurable(why string) {
+// acknowledged event (nothing lost, nothing unacknowledged appeared but
+// refused appends' records), and, with scan, every event still stored
+// reads back intact and every one it skips is reported lost. Only damaged
+// frames may be reported lost (checkLost).
+func (s *Sim) checkDurable(why string, scan bool) {
+	s.adoptUnacked(why)
 	if last := s.eng.LastSeq(); last != s.lastAcked {
 		s.violate("durability", nil, "", nil, "after %s the log ends at %d, the last acknowledged event is %d", why, last, s.lastAcked)
 		return
 	}
-	st := s.eng.Stats()
-	if st.LostRecords > 0 {
-		s.violate("durability", nil, "", nil, "after %s the engine reports %d lost records", why, st.LostRecords)
+	defer s.checkLost(why)
+	if !scan {
+		return
 	}
+	st := s.eng.Stats()
 	first := max(st.FirstSeq, 1)
 	r, err := s.eng.NewReader(first, 0)
 	if err != nil {
@@ -196,6 +208,9 @@ func (s *Sim) checkDurable(why string) {
 		}
 		for _, rec := range recs {
 			ev := s.event(rec.Seq)
+			if rec.Seq > want && rec.Seq <= s.lastAcked && s.reportedLost(want, rec.Seq-1) {
+				want = rec.Seq // skipped damaged frames, reported lost
+			}
 			if rec.Seq != want || ev == nil || string(rec.MessageID) != ev.msgID || !bytes.Equal(rec.Payload, ev.payload) {
 				s.violate("durability", nil, string(rec.Key), []uint64{rec.Seq}, "after %s: read event %d (messageId %q), want event %d", why, rec.Seq, rec.MessageID, want)
 				return
@@ -204,9 +219,61 @@ func (s *Sim) checkDurable(why string) {
 		}
 		buf = recs
 	}
-	if want != s.lastAcked+1 && first <= s.lastAcked {
+	if want <= s.lastAcked && first <= s.lastAcked && !s.reportedLost(want, s.lastAcked) {
 		s.violate("durability", nil, "", nil, "after %s the log reads up to %d, want %d", why, want-1, s.lastAcked)
 	}
+}
+
+// reportedLost reports whether every seq of first..last is in LostRanges.
+func (s *Sim) reportedLost(first, last uint64) bool {
+	lost := s.eng.LostRanges()
+	for q := first; q <= last; q++ {
+		if !slices.ContainsFunc(lost, func(r engine.SeqRange) bool { return r.First <= q && q <= r.Last }) {
+			return false
+		}
+	}
+	return true
+}
+
+// checkLost: every seq the engine reports lost is an acknowledged event
+// whose frame the simulator damaged (a flipped byte loses that frame
+// only). It returns the lost set.
+func (s *Sim) checkLost(why string) map[uint64]bool {
+	lost := map[uint64]bool{}
+	for _, r := range s.eng.LostRanges() {
+		for q := r.First; q <= r.Last; q++ {
+			lost[q] = true
+			if q < s.reclaimedBelow {
+				// Reclaimed before an index-damage fault: the older
+				// index still named the segment, whose file is gone.
+				continue
+			}
+			if s.flipped[q] || s.wrongLost[q] {
+				continue
+			}
+			s.wrongLost[q] = true // one violation per seq
+			if len(s.wrongLost) <= 3 {
+				s.violate("durability", nil, "", []uint64{q}, "after %s the engine reports event %d lost (ranges %v), but no frame of it was damaged (flipped: %v)",
+					why, q, s.eng.LostRanges(), sortedSeqs(s.flipped))
+			}
+		}
+	}
+	s.rep.Lost, s.rep.LostReclaimed = len(lost), 0
+	for q := range lost {
+		if q < s.reclaimedBelow {
+			s.rep.LostReclaimed++
+		}
+	}
+	return lost
+}
+
+func sortedSeqs(m map[uint64]bool) []uint64 {
+	out := make([]uint64, 0, len(m))
+	for q := range m {
+		out = append(out, q)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // loadAborted makes the durable dead letters known aborted.
@@ -220,6 +287,7 @@ func (s *Sim) loadAborted(d *dest) error {
 
 // finalChecks runs once every destination is idle.
 func (s *Sim) finalChecks() {
+	s.lost = s.checkLost("the run")
 	for _, d := range s.dests {
 		d.m.Flush(s.now())
 		ents, err := d.cons.Aborted(0, 1<<30, nil)
@@ -264,7 +332,8 @@ func (s *Sim) checkEndState(d *dest, aborted int) {
 }
 
 // checkNoLoss: every acknowledged event that passes the filters was
-// delivered or is a dead letter; filtered events were neither; an event
+// delivered, is a dead letter, or is reported lost (its frame was
+// damaged); filtered events were neither delivered nor aborted; an event
 // both delivered and aborted needs an ambiguous attempt or a crash.
 func (s *Sim) checkNoLoss(d *dest, aborted map[uint64]engine.Entry) {
 	for _, ev := range s.events {
@@ -275,8 +344,13 @@ func (s *Sim) checkNoLoss(d *dest, aborted map[uint64]engine.Entry) {
 			if n > 0 || isAborted {
 				s.violate("filter", d, ev.key, []uint64{ev.seq}, "filtered event %d delivered %d times (aborted %v)", ev.seq, n, isAborted)
 			}
+		case n == 0 && !isAborted && s.lost[ev.seq]:
+			// Reported lost by seq: not silent.
+		case n == 0 && !isAborted && s.droppedByRecover(ev.seq, true):
+			// Its straggler copy was in the lost index, or Recover set
+			// its file aside (BUG-STRAGGLER-LOSS, BUG-RECOVER-ASIDE).
 		case n == 0 && !isAborted:
-			s.violate("loss", d, ev.key, []uint64{ev.seq}, "event %d (messageId %s) neither delivered nor aborted", ev.seq, ev.msgID)
+			s.violate("loss", d, ev.key, []uint64{ev.seq}, "event %d (messageId %s) neither delivered nor aborted nor reported lost (flipped %v)", ev.seq, ev.msgID, s.flipped[ev.seq])
 		case n > 0 && isAborted && !s.excused(d, ev.seq):
 			s.violate("abort", d, ev.key, []uint64{ev.seq}, "event %d delivered and also aborted (%q), with no ambiguous attempt or crash since it was delivered",
 				ev.seq, aborted[ev.seq].Reason)
@@ -310,6 +384,10 @@ func (s *Sim) checkAbort(d *dest, e engine.Entry) {
 			// after it (the policy's evidence of a message problem).
 			s.violate("abort", d, ev.key, []uint64{e.Seq}, "event %d charged %d attempts, but only %d of its failures were followed by a delivery of other events (outage failures charged): %q",
 				e.Seq, e.Attempts, d.confirmedFail[e.Seq], r)
+		}
+	case strings.HasPrefix(r, "payload unreadable"):
+		if !s.lost[e.Seq] && !(s.flipped[e.Seq] && strings.Contains(r, "not found") && s.tolerate(KnownReclaimUnlisted)) {
+			s.violate("abort", d, ev.key, []uint64{e.Seq}, "event %d aborted as unreadable, but it is not reported lost: %q", e.Seq, r)
 		}
 	case strings.HasPrefix(r, "expired"):
 		at := e.LastAttempt
@@ -360,9 +438,7 @@ func (s *Sim) checkReclaim() {
 	if st.Segments > 1 {
 		s.violate("bounds", nil, "", nil, "%d segments left after reclaim with every destination idle (first seq %d, last %d)", st.Segments, st.FirstSeq, st.LastSeq)
 	}
-	if st.LostRecords > 0 {
-		s.violate("durability", nil, "", nil, "engine reports %d lost records", st.LostRecords)
-	}
+	lost := s.checkLost("reclaim")
 	for _, d := range s.dests {
 		ents, err := d.cons.Aborted(0, 1<<30, nil)
 		if err != nil {
@@ -370,6 +446,9 @@ func (s *Sim) checkReclaim() {
 		}
 		for _, e := range ents {
 			rec, err := s.eng.Read(e.Seq, e.Pos)
+			if err != nil && (lost[e.Seq] || s.flipped[e.Seq] && errors.Is(err, engine.ErrNotFound) && s.tolerate(KnownReclaimUnlisted)) {
+				continue // its frame was damaged: reported lost (or BUG-RECLAIM-UNLISTED)
+			}
 			if ev := s.event(e.Seq); err != nil || ev == nil || string(rec.MessageID) != ev.msgID {
 				s.violate("durability", d, string(e.Key), []uint64{e.Seq}, "dead letter %d unreadable after reclaim: %v", e.Seq, err)
 			}

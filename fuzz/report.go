@@ -43,6 +43,15 @@ type Report struct {
 	// Totals, for the logs and the metamorphic comparison.
 	Appended, Duplicates, Requests, Deliveries, Redeliveries int
 	Aborted, Replayed, Crashes, Restarts, Iterations         int
+	// Storage faults (faults.go): index-damage faults and the Recover
+	// runs they needed, stretches of full disk, records of refused
+	// appends and those a restart kept after all (Adopted), frames
+	// flipped, and seqs the engine reports lost.
+	IndexDamages, Recovers, DiskFull, Refused, Adopted, Flips, Lost int
+	// LostReclaimed counts the seqs reported lost that lay in segments
+	// reclaimed before an index-damage fault: the older index still
+	// named their files (a false alarm the engine cannot avoid).
+	LostReclaimed int
 	// Tolerated counts the occurrences of known bugs that did not fail
 	// the run (see Known).
 	Tolerated   map[Known]int
@@ -51,6 +60,9 @@ type Report struct {
 	// over its budget (RunWithin) and stopped early, unchecked at the end.
 	Wall      time.Duration
 	Truncated bool
+	// Stopped says why a run ended early without its end checks because
+	// of a tolerated known bug it cannot go on after ("" when it did not).
+	Stopped string
 	// Outcomes per destination: delivered messageIds (sorted), aborted
 	// messageIds (sorted), and for destinations with ordering the first
 	// deliveries of each key in arrival order.
@@ -77,10 +89,17 @@ func (r *Report) Summary() string {
 	s := fmt.Sprintf("%s: mode %v, %d events (+%d dups), %d requests, %d deliveries (%d again), %d aborted, %d replayed, %d crashes, %d restarts, %v virtual, %d iterations",
 		r.Knobs, r.Knobs.Mode&modeAll, r.Appended, r.Duplicates, r.Requests, r.Deliveries, r.Redeliveries, r.Aborted, r.Replayed,
 		r.Crashes, r.Restarts, r.VirtualTime.Round(time.Millisecond), r.Iterations)
+	if r.IndexDamages+r.DiskFull+r.Flips > 0 {
+		s += fmt.Sprintf(", storage faults: %d index damages (%d recovers), %d disk full (%d records refused, %d kept), %d flips, %d lost (%d of them reclaimed)",
+			r.IndexDamages, r.Recovers, r.DiskFull, r.Refused, r.Adopted, r.Flips, r.Lost, r.LostReclaimed)
+	}
 	if r.Truncated {
 		s += ", truncated (over budget)"
 	}
-	for _, k := range []Known{KnownRestartForgets, KnownOutageAbort} {
+	if r.Stopped != "" {
+		s += ", stopped early: " + r.Stopped
+	}
+	for _, k := range []Known{KnownRestartForgets, KnownOutageAbort, KnownAdoptPanic, KnownRecoverDedup, KnownStragglerLoss, KnownRecoverSpare, KnownReclaimUnlisted, KnownSeqReuse, KnownRecoverAside} {
 		if n := r.Tolerated[k]; n > 0 {
 			s += fmt.Sprintf(", tolerated %v x%d", k, n)
 		}

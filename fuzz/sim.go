@@ -1,6 +1,7 @@
 package fuzz
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
 	"github.com/sluice-cdi/sluice/engine"
 	"github.com/sluice-cdi/sluice/engine/crashfs"
@@ -91,6 +93,34 @@ type Sim struct {
 
 	crashes, restarts int
 	step              int
+
+	// Storage faults (faults.go): the full disk's injector, the records
+	// of appends refused since the last one that succeeded (they may
+	// still show up after a restart), index-damage faults so far, and the
+	// events whose frames got a flipped bit.
+	full    *fullDisk
+	unacked []engine.Record
+	// openedFull: the engine opened while the disk was full, so it
+	// refuses appends (ErrDiskFull) until its disk loop checks again,
+	// which the simulation does not run (real time).
+	openedFull bool
+	damages int
+	flipped map[uint64]bool
+	// lost is the engine's lost set at the final checks; wrongLost the
+	// seqs reported lost that the simulator did not damage.
+	lost, wrongLost map[uint64]bool
+	// reclaimedBelow is the engine's first stored seq at the latest
+	// index-damage fault: the segments below it were reclaimed, which
+	// the damaged index may have forgotten.
+	reclaimedBelow uint64
+	// entriesLostBelow is reclaimedBelow when Recover last had to build
+	// a new index: the straggler copies below it are gone
+	// (KnownStragglerLoss).
+	entriesLostBelow uint64
+	// asideBelow is the highest first seq of a Recover that started past
+	// reclaimedBelow: it set aside records nobody had consumed
+	// (KnownRecoverAside).
+	asideBelow uint64
 	faultsOff         bool
 	nextFlight        uint64
 	stopped           bool
@@ -142,7 +172,9 @@ func newSim(k Knobs) *Sim {
 		k: k, rep: &Report{Knobs: k, Tolerated: map[Known]int{}}, clock: &vclock{},
 		wrng: seeded(k.Seed, 1), frng: seeded(k.Seed, 2), crng: seeded(k.Seed, 3),
 		byMsg: map[string]*simEvent{}, keyEvents: map[string][]*simEvent{}, cured: map[string]bool{},
+		flipped: map[uint64]bool{}, wrongLost: map[uint64]bool{},
 	}
+	s.full = &fullDisk{clock: s.clock}
 	s.clock.set(epoch)
 	er := seeded(k.Seed, 4)
 	seg := []int64{4096, 16 << 10, 64 << 10}[er.IntN(3)]
@@ -161,6 +193,11 @@ func newSim(k Knobs) *Sim {
 		// a crash keeps (its ingestion syncs the index), and runs must
 		// repeat exactly. Reclaim and Close write the keys synchronously.
 		DedupIndexBatchKeys: 1 << 30, DedupIndexInterval: 1 << 62,
+		// No disk loop either: it ticks in real time. The next append
+		// repairs a failed segment write; what only the loop clears (the
+		// low-space flag of an engine opened on a full disk) lasts until
+		// the next reopen (see appendRefused).
+		DiskCheckInterval: 1 << 62,
 	}
 	if k.Mode&ModePoison != 0 {
 		s.poisonRate = 0.005 + er.Float64()*0.06
@@ -173,7 +210,7 @@ func (s *Sim) now() time.Time { return s.clock.Now() }
 
 func (s *Sim) run() {
 	s.fs = crashfs.New()
-	if !s.openEngine() {
+	if !s.openEngine(nil) {
 		return
 	}
 	for i := range s.k.Dests {
@@ -218,17 +255,110 @@ func (s *Sim) close() {
 	}
 }
 
-func (s *Sim) openEngine() bool {
+// engineOptions are the engine's options on the current file system,
+// behind the full-disk injector in ModeDiskFull.
+func (s *Sim) engineOptions() engine.Options {
 	o := s.eopts
 	o.FS = s.fs
-	eng, err := engine.Open(o)
-	if err != nil {
+	if s.k.Mode&ModeDiskFull != 0 {
+		o.FS = errorfs.Wrap(s.fs, s.full)
+	}
+	return o
+}
+
+// openEngine opens the engine. After index damage (f.index) Open may
+// refuse with ErrIndexDamaged: then Recover rebuilds the index from the
+// segment files, as `sluice recover` does, and Open runs again. While the
+// disk is full Open may fail (it starts a fresh active segment): the
+// operator waits for the stretch to end and tries again.
+func (s *Sim) openEngine(f *storageFault) bool {
+	damaged := f != nil && f.index != indexIntact
+	recover, recovered := false, false
+	for attempt := 0; attempt < 8; attempt++ {
+		o := s.engineOptions()
+		if recover {
+			// An operator runs `sluice recover` until it succeeds (after a
+			// failure too: never `sluice serve` on a half-built index).
+			if s.recoverIndex(o) {
+				recover, recovered = false, true
+			}
+			continue
+		}
+		eng, err := s.openCatching(o, f)
+		switch {
+		case err == nil:
+			s.eng = eng
+			s.openedFull = s.full.on(s.now())
+			return true
+		case errors.Is(err, errOpenPanicked):
+			// The process died: what Open synced stays, its lock goes.
+			s.fs = s.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+			continue
+		case errors.Is(err, engine.ErrIndexDamaged) && damaged && !recovered:
+			s.tracef("open refused after index damage (%v): recover", err)
+			recover = true
+			continue
+		case s.full.on(s.now()):
+			s.waitForRoom(err)
+			continue
+		}
 		s.violate("durability", nil, "", nil, "cannot open the engine: %v", err)
 		s.stopped = true
 		return false
 	}
-	s.eng = eng
-	return true
+	s.violate("durability", nil, "", nil, "cannot open the engine after 8 attempts")
+	s.stopped = true
+	return false
+}
+
+// recoverIndex runs engine.Recover with the destinations' names and
+// reports whether it succeeded. While the disk is full it fails: the
+// operator waits for room.
+func (s *Sim) recoverIndex(o engine.Options) bool {
+	names := make([]string, len(s.dests))
+	for i, d := range s.dests {
+		names[i] = d.name
+	}
+	rep, err := engine.Recover(o, names)
+	s.tracef("recover: err %v; index kept %v, %d segments %d-%d, lost %v, set aside %v, consumers %+v, entries kept %d lost %d",
+		err, rep.IndexKept, rep.Segments, rep.FirstSeq, rep.LastSeq, rep.Lost, rep.SetAside, rep.Consumers, rep.EntriesKept, rep.EntriesLost)
+	if file, ok := spareRefused(err); ok && s.tolerate(KnownRecoverSpare) {
+		s.tracef("recover refused a recycled spare file (BUG-RECOVER-SPARE, tolerated): the operator moves %s out of the log directory", file)
+		merr := s.fs.MkdirAll("/sluice/moved", 0o755)
+		if merr == nil {
+			merr = s.fs.Rename(s.fs.PathJoin("/sluice/log", file), s.fs.PathJoin("/sluice/moved", file))
+		}
+		if merr != nil {
+			s.violate("harness", nil, "", nil, "cannot move %s aside: %v", file, merr)
+		}
+		return false
+	}
+	switch {
+	case err == nil:
+		s.rep.Recovers++
+		if !rep.IndexKept {
+			s.entriesLostBelow = s.reclaimedBelow
+		}
+		if rep.FirstSeq > s.reclaimedBelow && rep.FirstSeq > s.asideBelow {
+			s.asideBelow = rep.FirstSeq
+			s.tracef("recover set aside records %d-%d that were not reclaimed (BUG-RECOVER-ASIDE)", s.reclaimedBelow, rep.FirstSeq-1)
+		}
+		return true
+	case s.full.on(s.now()):
+		s.waitForRoom(err)
+		return false
+	}
+	s.violate("durability", nil, "", nil, "cannot recover the index: %v", err)
+	s.stopped = true
+	return false
+}
+
+// waitForRoom moves the clock to the end of the full disk's stretch (the
+// machines are down meanwhile).
+func (s *Sim) waitForRoom(err error) {
+	end := time.Unix(0, s.full.to.Load())
+	s.tracef("failed while the disk is full (%v): wait %v for room", err, end.Sub(s.now()))
+	s.clock.set(end)
 }
 
 // startDest gets the destination's consumer and builds its machine from
@@ -345,9 +475,29 @@ func (s *Sim) completeDue() {
 	}
 }
 
+var errOpenPanicked = errors.New("engine.Open panicked")
+
+// openCatching is engine.Open; after index damage, while KnownAdoptPanic
+// is tolerated, a panic in Open is the process dying (errOpenPanicked).
+func (s *Sim) openCatching(o engine.Options, f *storageFault) (eng *engine.Engine, err error) {
+	if f == nil || f.index == indexIntact || Tolerated&KnownAdoptPanic == 0 || s.k.Strict&KnownAdoptPanic != 0 {
+		return engine.Open(o)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s.tolerate(KnownAdoptPanic)
+			s.tracef("open panicked after index damage (BUG-ADOPT-PANIC, tolerated): %v", r)
+			eng, err = nil, fmt.Errorf("%w: %v", errOpenPanicked, r)
+		}
+	}()
+	return engine.Open(o)
+}
+
 // crash is a power loss: the file system keeps only what was synced, the
 // processes are gone, requests in flight may or may not have arrived.
-func (s *Sim) crash() {
+//
+// A storage fault (f, may be nil) damages the clone before the reopen.
+func (s *Sim) crash(f *storageFault) {
 	clone := s.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
 	for _, d := range s.dests {
 		for _, f := range d.flights {
@@ -370,12 +520,13 @@ func (s *Sim) crash() {
 	s.crashes++
 	s.rep.Crashes++
 	s.fs = clone
-	s.reopen("crash")
+	s.reopen("crash", f)
 }
 
 // restart is a graceful shutdown as Router.Run does it (stop dispatching,
-// wait for the requests in flight, record their outcome) and a restart.
-func (s *Sim) restart() {
+// wait for the requests in flight, record their outcome) and a restart,
+// with a storage fault (f, may be nil) between the two.
+func (s *Sim) restart(f *storageFault) {
 	for _, d := range s.dests {
 		d.m.Pause()
 	}
@@ -393,12 +544,16 @@ func (s *Sim) restart() {
 		d.m = nil
 	}
 	if err := s.eng.Close(); err != nil {
-		s.violate("durability", nil, "", nil, "cannot close the engine: %v", err)
+		if s.full.on(s.now()) {
+			s.tracef("close failed while the disk is full: %v", err)
+		} else {
+			s.violate("durability", nil, "", nil, "cannot close the engine: %v", err)
+		}
 	}
 	s.eng = nil
 	s.restarts++
 	s.rep.Restarts++
-	s.reopen("restart")
+	s.reopen("restart", f)
 	for _, d := range s.dests {
 		d.lastActive = s.now()
 	}
@@ -412,16 +567,42 @@ func (s *Sim) inFlight() int {
 	return n
 }
 
-// reopen opens the engine on s.fs, checks that every acknowledged event
-// survived, and rebuilds the machines from their consumers.
-func (s *Sim) reopen(why string) {
-	if !s.openEngine() {
+// reopen applies the storage fault (if any) to s.fs, opens the engine on
+// it, checks that every acknowledged event survived, and rebuilds the
+// machines from their consumers.
+func (s *Sim) reopen(why string, f *storageFault) {
+	scan := true
+	if f != nil {
+		if f.index != indexIntact {
+			s.damageIndex(f.index)
+			why = "crash with index damage"
+			s.tracef("index damage: cursors, dead letters and failed entries may revert: every event delivered so far may be delivered again (as after any crash), dead letters may be aborted again")
+		}
+		s.applyFlips(f.flips)
+		scan = !f.noScan
+	}
+	if s.k.Trace {
+		s.tracef("files before the reopen: %s", s.listFiles())
+	}
+	if !s.openEngine(f) {
 		return
 	}
-	s.checkDurable(why)
+	if s.k.Trace {
+		s.tracef("files after the reopen: %s; lost %v", s.listFiles(), s.eng.LostRanges())
+	}
+	if last := s.eng.LastSeq(); f != nil && f.index != indexIntact && last < s.lastAcked && s.tolerate(KnownSeqReuse) {
+		s.rep.Stopped = fmt.Sprintf("BUG-SEQ-REUSE at step %d: after index damage the log ends at %d, the last acknowledged event is %d", s.step, last, s.lastAcked)
+		s.tracef("%s (tolerated): the run stops", s.rep.Stopped)
+		s.stopped = true
+		return
+	}
+	s.checkDurable(why, scan)
 	for _, d := range s.dests {
 		if !s.startDest(d) {
 			return
+		}
+		if s.k.Trace {
+			s.tracef("reopened %s: %s", d.name, s.describe(d))
 		}
 		d.resetAfterRestart()
 		if err := s.loadAborted(d); err != nil {
@@ -435,6 +616,7 @@ func (s *Sim) reopen(why string) {
 // sends nothing for stallAfter while it has work is stuck.
 func (s *Sim) liveness() bool {
 	s.faultsOff = true
+	s.full.to.Store(0) // the disk has room again
 	for _, d := range s.dests {
 		d.paused = false
 		d.m.Resume()
@@ -492,6 +674,21 @@ func (s *Sim) describe(d *dest) string {
 		cur, s.eng.LastSeq()+1, d.m.InFlight(), len(d.flights), d.m.WindowEvents(), d.cons.Count(engine.StateFailed),
 		d.cons.Count(engine.StateSkipped), d.cons.Count(engine.StateAborted), d.m.Breaker(), d.m.Counters())
 }
+
+// droppedByRecover reports whether ev may be gone with a damaged index or
+// a Recover's set-aside files while the known bugs that do it are
+// tolerated (counting them when count is set): its straggler copy lived
+// in a lost index (KnownStragglerLoss), or Recover set its file aside
+// (KnownRecoverAside).
+func (s *Sim) droppedByRecover(seq uint64, count bool) bool {
+	check := s.isTolerated
+	if count {
+		check = s.tolerate
+	}
+	return seq < s.entriesLostBelow && check(KnownStragglerLoss) || seq < s.asideBelow && check(KnownRecoverAside)
+}
+
+func (s *Sim) isTolerated(k Known) bool { return Tolerated&k != 0 && s.k.Strict&k == 0 }
 
 // tolerate reports whether a known bug is tolerated in this run, and
 // counts it.

@@ -26,10 +26,20 @@ const (
 	opReclaim               // delete consumed segments
 	opOutage                // a destination goes down for a while
 	opIdle                  // time passes
-	opKinds
+	opKinds                 // the kinds above are weighted per run (workload.weights)
 )
 
-var opNames = [opKinds]string{"append", "resend", "pause", "resume", "replay", "crash", "restart", "reclaim", "outage", "idle"}
+// Storage faults come from a stream of their own (faultOp), so that the
+// script of the kinds above is the same with or without them.
+const (
+	opIndexDamage opKind = opKinds + iota // power loss, and the index loses its WAL or folder
+	opDiskFull                            // segment writes/syncs fail with ENOSPC for a while
+	opFlip                                // shutdown, bytes flipped in sealed frames, reopen
+	opKindsAll
+)
+
+var opNames = [opKindsAll]string{"append", "resend", "pause", "resume", "replay", "crash", "restart", "reclaim", "outage", "idle",
+	"index-damage", "disk-full", "flip"}
 
 type op struct {
 	kind opKind
@@ -40,7 +50,13 @@ type op struct {
 	conn bool
 	pct  uint64 // replay: share of the dead letters
 	cure bool
-	salt uint64
+	salt uint64 // replay: which dead letters; flip: which frames and bytes
+	// variant: index damage: what the index loses (indexLoss); disk
+	// full: which operations fail (fullWrites, fullSyncs).
+	variant uint8
+	count   int  // flip: frames to damage
+	restart bool // flip: a graceful restart rather than a power loss
+	noScan  bool // flip: no full read of the log after the reopen
 }
 
 // workload holds the per-run shape of the script (swarm testing: the
@@ -84,11 +100,49 @@ func (s *Sim) script() []op {
 	w.pHot = pick(r, 0, 0.3, 0.8)
 	w.hot = max(1, s.k.Users/10)
 	w.padMax = pick(r, 50, 300, 2000)
+	xr := seeded(s.k.Seed, 5)
+	rates := [3]float64{pick(xr, 0.004, 0.01, 0.02), pick(xr, 0.01, 0.02, 0.05), pick(xr, 0.01, 0.02, 0.04)}
 	ops := make([]op, 0, s.k.Steps)
 	for range s.k.Steps {
-		ops = append(ops, s.nextOp(w))
+		o, ok := s.faultOp(xr, rates, w)
+		if !ok {
+			o = s.nextOp(w)
+		}
+		ops = append(ops, o)
 	}
 	return ops
+}
+
+// faultOp draws the step's storage fault, if any: index damage, disk
+// full and flips each take their rate's share of the steps while their
+// mode is on. Every call draws the same values from xr whatever the
+// modes, so that dropping one mode leaves the others' faults in place.
+func (s *Sim) faultOp(xr *rand.Rand, rates [3]float64, w *workload) (op, bool) {
+	u, dt := xr.Float64(), time.Duration(xr.ExpFloat64()*float64(w.dtMean))
+	variant, salt, restart, noScan := uint8(xr.IntN(4)), xr.Uint64(), xr.IntN(2) == 0, xr.IntN(2) == 0
+	dur := time.Duration(float64(pick(xr, 20*time.Millisecond, 200*time.Millisecond, 2*time.Second, 20*time.Second, time.Minute)) * (0.5 + xr.Float64()))
+	count := 1 + xr.IntN(3)
+	o := op{dt: dt, salt: salt}
+	switch m := s.k.Mode; {
+	case u < rates[0]:
+		if m&ModeIndexDamage == 0 {
+			return o, false
+		}
+		o.kind, o.variant = opIndexDamage, 1+variant%uint8(indexLossKinds-1)
+	case u < rates[0]+rates[1]:
+		if m&ModeDiskFull == 0 {
+			return o, false
+		}
+		o.kind, o.variant, o.dur = opDiskFull, variant%3+1, dur
+	case u < rates[0]+rates[1]+rates[2]:
+		if m&ModeBitFlip == 0 {
+			return o, false
+		}
+		o.kind, o.count, o.restart, o.noScan = opFlip, count, restart, noScan
+	default:
+		return o, false
+	}
+	return o, true
 }
 
 func (w *workload) kind() opKind {
@@ -194,12 +248,22 @@ func (s *Sim) exec(o op) {
 		s.replay(d, o)
 	case opCrash:
 		s.tracef("op %d crash", s.step)
-		s.crash()
+		s.crash(nil)
 	case opRestart:
 		s.tracef("op %d restart", s.step)
-		s.restart()
+		s.restart(nil)
 	case opReclaim:
+		before := s.eng.Stats().FirstSeq
 		n, err := s.eng.Reclaim()
+		if s.k.Trace && n > 0 {
+			var curs []uint64
+			for _, d := range s.dests {
+				c, _ := d.cons.Cursor()
+				curs = append(curs, c)
+			}
+			s.tracef("op %d reclaim: %d segments, first seq %d -> %d, cursors %v", s.step, n, before, s.eng.Stats().FirstSeq, curs)
+			break
+		}
 		s.tracef("op %d reclaim: %d segments", s.step, n)
 		if err != nil {
 			s.violate("durability", nil, "", nil, "cannot reclaim: %v", err)
@@ -210,6 +274,14 @@ func (s *Sim) exec(o op) {
 	case opIdle:
 		s.tracef("op %d idle %v", s.step, o.dur)
 		s.runUntil(s.now().Add(o.dur))
+	case opIndexDamage:
+		s.tracef("op %d crash with index damage: the index loses %s", s.step, indexLoss(o.variant))
+		s.reclaimedBelow = max(s.reclaimedBelow, s.eng.Stats().FirstSeq)
+		s.crash(&storageFault{index: indexLoss(o.variant)})
+	case opDiskFull:
+		s.diskFull(o)
+	case opFlip:
+		s.flip(o)
 	}
 }
 
@@ -245,11 +317,15 @@ func (s *Sim) appendRecs(spec []engine.Record) {
 		inBatch[id] = true
 	}
 	res, err := s.eng.Append(context.Background(), recs)
+	if err != nil && s.appendRefused(recs, err) {
+		return
+	}
 	if err != nil {
 		s.violate("durability", nil, "", nil, "append of %d records failed: %v", len(recs), err)
 		s.stopped = true
 		return
 	}
+	s.unacked = nil // the failed groups' bytes are past a sealed end now
 	stored, dups := 0, 0
 	for i := range recs {
 		r := &recs[i]
@@ -261,7 +337,9 @@ func (s *Sim) appendRecs(spec []engine.Record) {
 			continue
 		}
 		stored++
-		if want[i] == mustDedup {
+		if want[i] == mustDedup && s.forgotDedup(r) {
+			s.tracef("messageId %s (source %s) stored again as %d within the dedup window: its first copy's frame was damaged, or reclaimed before an index damage (BUG-RECOVER-DEDUP, tolerated)", r.MessageID, r.Source, r.Seq)
+		} else if want[i] == mustDedup {
 			s.violate("dedup", nil, string(r.Key), []uint64{r.Seq}, "messageId %s (source %s) stored again as %d within the dedup window", r.MessageID, r.Source, r.Seq)
 		}
 		if r.Seq != s.lastAcked+1 {
@@ -273,6 +351,19 @@ func (s *Sim) appendRecs(spec []engine.Record) {
 		s.violate("durability", nil, "", nil, "append result %+v, records say %d stored, %d duplicates, last %d", res, stored, dups, s.lastAcked)
 	}
 	s.rep.Duplicates += dups
+}
+
+// forgotDedup reports whether the engine may have forgotten r's dedup key
+// with a damaged index (KnownRecoverDedup, while tolerated): its stored
+// copy was reclaimed before an index-damage fault.
+//
+// A stored copy whose frame got a flipped bit may be forgotten too: its
+// key is rebuilt from the log after a restart, and the frame no longer
+// reads. Storing the resend then brings the lost event back.
+func (s *Sim) forgotDedup(r *engine.Record) bool {
+	prev := s.byMsg[string(r.Source)+"\x00"+string(r.MessageID)]
+	return prev != nil && (s.flipped[prev.seq] || prev.seq < s.reclaimedBelow && s.tolerate(KnownRecoverDedup) ||
+		prev.seq < s.asideBelow && s.tolerate(KnownRecoverAside))
 }
 
 func (s *Sim) addEvent(r *engine.Record) {
