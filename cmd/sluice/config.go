@@ -41,6 +41,16 @@ type Config struct {
 	Destinations []Destination `yaml:"destinations"`
 	Ingest       IngestConfig  `yaml:"ingest"`
 	Engine       EngineConfig  `yaml:"engine"`
+	Router       RouterConfig  `yaml:"router"`
+}
+
+// RouterConfig holds what all destinations share.
+type RouterConfig struct {
+	// WindowBudgetBytes bounds the read-ahead windows of all destinations
+	// together (default 256 MiB); each may hold WindowReserveBytes of its
+	// own (default 256 KiB) beyond it.
+	WindowBudgetBytes  int64 `yaml:"window_budget_bytes"`
+	WindowReserveBytes int64 `yaml:"window_reserve_bytes"`
 }
 
 // Source is a write key and its name.
@@ -66,7 +76,12 @@ type Destination struct {
 	RateLimit float64 `yaml:"rate_limit"`
 	// Timeout bounds one request. Default 30s.
 	Timeout time.Duration `yaml:"timeout"`
-	Retry   RetryConfig   `yaml:"retry"`
+	// WindowEvents and WindowBytes bound the events read ahead of the
+	// cursor. Defaults 10,000 (at least batch_size, at most 1,000,000) and
+	// 32 MiB (at most 1 GiB).
+	WindowEvents int         `yaml:"window_events"`
+	WindowBytes  int         `yaml:"window_bytes"`
+	Retry        RetryConfig `yaml:"retry"`
 	// Config holds the type's own settings (webhook: url, method, headers,
 	// secret; file: path, max_bytes, max_age, compress), checked and
 	// decoded into webhook or file by complete.
@@ -406,6 +421,8 @@ func (c *Config) complete(k *checker) error {
 	}
 	c.completeIngest(k)
 	c.completeEngine(k)
+	count(k, &c.Router.WindowBudgetBytes, "router.window_budget_bytes", 256<<20)
+	count(k, &c.Router.WindowReserveBytes, "router.window_reserve_bytes", 256<<10)
 	return k.err
 }
 
@@ -496,6 +513,14 @@ func (c *Config) completeDestination(k *checker, i int, names map[string]int, fi
 		k.failf(p+".rate_limit", "want events per second, 0 for no limit (got %s)", k.raw(p+".rate_limit"))
 	}
 	duration(k, &d.Timeout, p+".timeout", 30*time.Second)
+	count(k, &d.WindowEvents, p+".window_events", max(10_000, d.BatchSize))
+	if k.err == nil && (d.WindowEvents < d.BatchSize || d.WindowEvents > 1_000_000) {
+		k.failf(p+".window_events", "must be from batch_size (%d) to 1000000 (got %s)", d.BatchSize, k.raw(p+".window_events"))
+	}
+	count(k, &d.WindowBytes, p+".window_bytes", 32<<20)
+	if k.err == nil && d.WindowBytes > 1<<30 {
+		k.failf(p+".window_bytes", "must be at most 1073741824 (got %s)", k.raw(p+".window_bytes"))
+	}
 	d.Retry.complete(k, p+".retry")
 	switch d.Type {
 	case "webhook":

@@ -14,6 +14,10 @@ import (
 // complete (loadConfig): every default is filled and every value checked.
 func buildRouters(cfg *Config, eng *engine.Engine, log *slog.Logger) ([]*router.Router, error) {
 	var out []*router.Router
+	budget, err := router.NewWindowBudget(cfg.Router.WindowBudgetBytes, cfg.Router.WindowReserveBytes)
+	if err != nil {
+		return nil, err
+	}
 	closeAll := func() {
 		for _, r := range out {
 			r.Close()
@@ -21,7 +25,7 @@ func buildRouters(cfg *Config, eng *engine.Engine, log *slog.Logger) ([]*router.
 	}
 	for i := range cfg.Destinations {
 		d := &cfg.Destinations[i]
-		dest, err := buildDestination(d)
+		dest, err := buildDestination(d, log)
 		if err != nil {
 			closeAll()
 			return nil, fmt.Errorf("cannot start destination %q (config line %d): %w", d.Name, d.line, err)
@@ -41,6 +45,9 @@ func buildRouters(cfg *Config, eng *engine.Engine, log *slog.Logger) ([]*router.
 			ConcurrencyMax: d.Concurrency,
 			RateLimit:      d.RateLimit,
 			Timeout:        d.Timeout,
+			WindowEvents:   d.WindowEvents,
+			WindowBytes:    d.WindowBytes,
+			WindowBudget:   budget,
 			// The router names the destination in each of its lines.
 			Logger: log.With("component", "router"),
 			Policy: router.Policy{
@@ -65,7 +72,7 @@ func buildRouters(cfg *Config, eng *engine.Engine, log *slog.Logger) ([]*router.
 	return out, nil
 }
 
-func buildDestination(d *Destination) (router.Destination, error) {
+func buildDestination(d *Destination, log *slog.Logger) (router.Destination, error) {
 	switch {
 	case d.webhook != nil:
 		c := d.webhook
@@ -73,7 +80,8 @@ func buildDestination(d *Destination) (router.Destination, error) {
 			Batch: d.BatchSize > 1, Timeout: d.Timeout, PartialFailures: c.PartialFailures})
 	case d.file != nil:
 		c := d.file
-		return filedest.New(filedest.Config{Path: c.Path, MaxBytes: c.MaxBytes, MaxAge: c.MaxAge, Compress: c.Compress})
+		return filedest.New(filedest.Config{Path: c.Path, MaxBytes: c.MaxBytes, MaxAge: c.MaxAge, Compress: c.Compress,
+			Logger: log.With("component", "file", "destination", d.Name)})
 	}
 	return nil, fmt.Errorf("BUG: destination %q of type %q was not checked", d.Name, d.Type)
 }
