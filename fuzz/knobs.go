@@ -301,15 +301,22 @@ const (
 	// of a Recover that started past what had been reclaimed count as
 	// final (RecoverReport.SetAside names their files).
 	KnownRecoverAside
+	// KnownLostTail (BUG-LOST-TAIL): when the newest records of the log
+	// are all lost (damaged frames), a consumer's cursor stays before them
+	// for good: readers skip them and nothing later passes them, so the
+	// backlog never reaches zero and the segment is never reclaimed until
+	// the next append. While tolerated, a cursor followed by nothing but
+	// lost seqs counts as at the end.
+	KnownLostTail
 )
 
 // Tolerated are the known bugs that do not fail a run (yet).
 var Tolerated = KnownAdoptPanic | KnownRecoverDedup | KnownStragglerLoss | KnownRecoverSpare | KnownReclaimUnlisted | KnownSeqReuse |
-	KnownRecoverAside
+	KnownRecoverAside | KnownLostTail
 
 func (k Known) String() string {
 	var parts []string
-	for i, n := range []string{"restart-forgets", "outage-abort", "adopt-panic", "recover-dedup", "straggler-loss", "recover-spare", "reclaim-unlisted", "seq-reuse", "recover-aside"} {
+	for i, n := range []string{"restart-forgets", "outage-abort", "adopt-panic", "recover-dedup", "straggler-loss", "recover-spare", "reclaim-unlisted", "seq-reuse", "recover-aside", "lost-tail"} {
 		if k&(1<<i) != 0 {
 			parts = append(parts, n)
 		}

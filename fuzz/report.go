@@ -99,7 +99,7 @@ func (r *Report) Summary() string {
 	if r.Stopped != "" {
 		s += ", stopped early: " + r.Stopped
 	}
-	for _, k := range []Known{KnownRestartForgets, KnownOutageAbort, KnownAdoptPanic, KnownRecoverDedup, KnownStragglerLoss, KnownRecoverSpare, KnownReclaimUnlisted, KnownSeqReuse, KnownRecoverAside} {
+	for _, k := range []Known{KnownRestartForgets, KnownOutageAbort, KnownAdoptPanic, KnownRecoverDedup, KnownStragglerLoss, KnownRecoverSpare, KnownReclaimUnlisted, KnownSeqReuse, KnownRecoverAside, KnownLostTail} {
 		if n := r.Tolerated[k]; n > 0 {
 			s += fmt.Sprintf(", tolerated %v x%d", k, n)
 		}
