@@ -152,6 +152,7 @@ func FuzzSimulation(f *testing.F) {
 	f.Add(uint64(1), uint16(200), byte(0xff))
 	f.Add(uint64(2), uint16(120), byte(ModeCrash|ModePoison|ModeReplay))
 	f.Add(uint64(3), uint16(300), byte(ModeOutage|ModeThrottle|ModeTransient))
+	f.Add(uint64(4), uint16(7<<13|150), byte(ModeCrash|ModePoison)) // and the three storage faults
 	f.Fuzz(func(t *testing.T, seed uint64, steps uint16, knob byte) {
 		// The fuzzer kills an input that runs for 10s; a loaded machine
 		// can make a long run take that long.
