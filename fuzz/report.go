@@ -48,6 +48,8 @@ type Report struct {
 	// appends and those a restart kept after all (Adopted), frames
 	// flipped, and seqs the engine reports lost.
 	IndexDamages, Recovers, DiskFull, Refused, Adopted, Flips, Lost int
+	// ENOSPC counts the segment writes and syncs the full disk failed.
+	ENOSPC int
 	// LostReclaimed counts the seqs reported lost that lay in segments
 	// reclaimed before an index-damage fault: the older index still
 	// named their files (a false alarm the engine cannot avoid).
@@ -90,8 +92,8 @@ func (r *Report) Summary() string {
 		r.Knobs, r.Knobs.Mode&modeAll, r.Appended, r.Duplicates, r.Requests, r.Deliveries, r.Redeliveries, r.Aborted, r.Replayed,
 		r.Crashes, r.Restarts, r.VirtualTime.Round(time.Millisecond), r.Iterations)
 	if r.IndexDamages+r.DiskFull+r.Flips > 0 {
-		s += fmt.Sprintf(", storage faults: %d index damages (%d recovers), %d disk full (%d records refused, %d kept), %d flips, %d lost (%d of them reclaimed)",
-			r.IndexDamages, r.Recovers, r.DiskFull, r.Refused, r.Adopted, r.Flips, r.Lost, r.LostReclaimed)
+		s += fmt.Sprintf(", storage faults: %d index damages (%d recovers), %d disk full (%d ENOSPC, %d records refused, %d kept), %d flips, %d lost (%d of them reclaimed)",
+			r.IndexDamages, r.Recovers, r.DiskFull, r.ENOSPC, r.Refused, r.Adopted, r.Flips, r.Lost, r.LostReclaimed)
 	}
 	if r.Truncated {
 		s += ", truncated (over budget)"

@@ -158,6 +158,7 @@ func RunWithin(k Knobs, budget time.Duration) (rep *Report) {
 			s.violate("panic", nil, "", nil, "%v\n%s", r, debug.Stack())
 		}
 		s.rep.VirtualTime = s.clock.Now().Sub(epoch)
+		s.rep.ENOSPC = int(s.full.hits.Load())
 		s.rep.Wall = time.Since(start)
 		rep = s.rep
 	}()
