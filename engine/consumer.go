@@ -161,6 +161,14 @@ func (e *Engine) loadConsumer(c *Consumer) error {
 		e.log.Error("cursor past the log's end; the log lost its tail", "consumer", c.name, "cursor", cur, "end", end)
 		cur, pos = end, 0
 	}
+	// Lost seqs at the cursor have nothing to deliver: past them, or the
+	// cursor would wait for records that never come (at the log's end,
+	// until the next append).
+	for _, r := range e.LostRanges() {
+		if r.First <= cur && cur <= r.Last {
+			cur, pos = r.Last+1, 0
+		}
+	}
 	c.cursor.Store(cur)
 	c.pos.Store(pos)
 	for _, p := range []byte{prefixEntry, prefixAborted} {

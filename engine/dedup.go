@@ -193,9 +193,9 @@ func (d *dedup) hash(source, messageID []byte) hash128 {
 
 // load restores the checkpoint, opens the live generations' runs and
 // rebuilds their filters; it drops the runs of expired generations and
-// removes files no run names. A run that cannot be read is dropped with
-// an error logged: its events' duplicates may be stored again, and
-// nothing else is lost. Called by Open.
+// adopts readable run files the index does not name, removing the rest.
+// A named run that cannot be read is dropped with an error logged and its
+// keys are rebuilt from the retained log. Called by Open.
 func (d *dedup) load(now time.Time) error {
 	if v, closer, err := d.db.Get(keyDedupCkpt); err == nil {
 		if len(v) == 8 {
@@ -236,6 +236,39 @@ func (d *dedup) load(now time.Time) error {
 	}
 	b := d.db.NewBatch()
 	defer b.Close()
+	// A readable run the index does not name is adopted, not removed: a
+	// flush or merge that crashed before naming it holds keys that are
+	// elsewhere too (harmless twice), and an index that lost its newest
+	// writes lost the names of runs whose keys are nowhere else once their
+	// segments are reclaimed.
+	named := make(map[uint64]bool, len(metas))
+	for _, m := range metas {
+		named[m.id] = true
+	}
+	files, err := d.fs.List(d.dir)
+	if err != nil {
+		return fmt.Errorf("cannot list %s: %w", d.dir, err)
+	}
+	for _, name := range files {
+		id, ok := parseRunFileName(name)
+		if !ok || named[id] {
+			continue
+		}
+		r, err := openRun(d.fs, d.fs.PathJoin(d.dir, name), id)
+		if err != nil {
+			continue // a run never finished: removed below
+		}
+		gen, n := r.gen, r.n
+		r.close()
+		if gen < d.minGen {
+			continue
+		}
+		metas = append(metas, meta{id, gen, n})
+		v := binary.BigEndian.AppendUint32(make([]byte, 0, 12), gen)
+		b.Set(dedupRunKey(id), binary.BigEndian.AppendUint64(v, uint64(n)), nil)
+		d.log.Info("dedup run the index does not name adopted", "file", name, "keys", n)
+	}
+	slices.SortFunc(metas, func(a, b meta) int { return cmp.Compare(a.id, b.id) })
 	live := make(map[uint64]bool)
 	for _, m := range metas { // oldest first
 		d.nextRun.Store(max(d.nextRun.Load(), m.id+1))

@@ -67,6 +67,10 @@ type Engine struct {
 	consMu    sync.RWMutex
 	consumers map[string]*Consumer
 
+	// rebuilding: this is Recover's engine, rebuilding the index from the
+	// segment files (recovery then has no witness in the index).
+	rebuilding bool
+
 	diskUsage atomic.Int64 // segments + index, refreshed by the reclaimer
 	stats     counters
 	disk      *diskWatch // free-space floor and reserve file (diskfull.go)

@@ -256,12 +256,17 @@ func (r *Reader) Next(dst []Record, max int) ([]Record, error) {
 	return dst, nil
 }
 
+// Position is the seq the reader's next record will have at the least:
+// past every record returned and every seq it found lost.
+func (r *Reader) Position() uint64 { return r.next }
+
 // CaughtUp reports whether the reader has read every durable record (Next
 // would return none now).
 func (r *Reader) CaughtUp() bool { return r.next > r.e.hwm.Load() }
 
 // nextSegment moves to the segment after the current one, if there is one.
 func (r *Reader) nextSegment() bool {
+	hwm := r.e.hwm.Load() // first: a segment is listed before hwm reaches it
 	r.e.segMu.RLock()
 	segs := r.e.segments
 	r.e.segMu.RUnlock()
@@ -271,11 +276,18 @@ func (r *Reader) nextSegment() bool {
 	}
 	i := sort.Search(len(segs), func(i int) bool { return segs[i].id > cur })
 	if i == len(segs) {
+		if r.seg != nil && r.seg.sealed.Load() && r.next <= hwm {
+			// Durable seqs past the last segment are in no file (lost at
+			// the log's end, and known to be): the reader is past them.
+			r.reportLost(r.next, hwm, "missing from the end of the log")
+			r.next = hwm + 1
+		}
 		return false
 	}
 	s := segs[i]
-	if s.baseSeq != r.next && s.baseSeq > r.next {
+	if s.baseSeq > r.next {
 		r.reportLost(r.next, s.baseSeq-1, "gap between segments")
+		r.next = s.baseSeq
 	}
 	if err := r.open(s, segmentHeaderLen, s.baseSeq); err != nil {
 		r.e.log.Error("cannot open next segment", "segment", s.id, "err", err)

@@ -69,7 +69,7 @@ func Recover(opts Options, names []string) (RecoverReport, error) {
 		return rep, err
 	}
 	rep.IndexKept, rep.SavedIndex = kept, saved
-	e := &Engine{opts: o, fs: fs, log: o.Logger, db: db, logDir: fs.PathJoin(o.Dir, "log"), nextID: 1, nextSeq: 1}
+	e := &Engine{opts: o, fs: fs, log: o.Logger, db: db, logDir: fs.PathJoin(o.Dir, "log"), nextID: 1, nextSeq: 1, rebuilding: true}
 	if err := e.rebuildIndex(names, &rep); err != nil {
 		db.Close()
 		return rep, err
@@ -159,8 +159,8 @@ func checkIndexVersion(db *pebble.DB) error {
 }
 
 // rebuildIndex replaces the manifest with what the segment files hold,
-// drops the dedup index (Open rebuilds it from the log) and makes sure of
-// the consumers.
+// drops the dedup checkpoint and run names (Open adopts every readable run
+// file and replays the retained log) and makes sure of the consumers.
 func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) error {
 	if err := e.loadLost(); err != nil {
 		e.log.Error("lost set unreadable; starting a new one", "err", err)
@@ -192,9 +192,33 @@ func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("cannot clear the old manifest: %w", err)
 	}
-	files, err := e.logFiles(rep)
+	files, floor, err := e.logFiles(rep)
 	if err != nil {
 		return err
+	}
+	// Without the index's word, every record a file holds counts as
+	// acknowledged: a gap before one is reported lost rather than taken
+	// for a torn tail (at least once: a record never acknowledged is
+	// delivered too, and the client's resend is a duplicate).
+	for _, u := range files {
+		witness = max(witness, u.lastSeq)
+	}
+	if len(files) == 0 && floor > 1 {
+		// Records were here and were all reclaimed: the log goes on after
+		// them, in a new empty segment.
+		f, err := createSegmentFile(e.fs, e.logDir, e.nextFreeID(), floor)
+		if err != nil {
+			return err
+		}
+		f.Close()
+		if err := syncDir(e.fs, e.logDir); err != nil {
+			return err
+		}
+		u, err := e.inspect(e.nextFreeID() - 1)
+		if err != nil {
+			return err
+		}
+		files = append(files, u)
 	}
 	if len(files) > 0 {
 		// Every file but the last is sealed where the next one starts;
@@ -203,7 +227,7 @@ func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) error {
 		first.lastSeq.Store(first.baseSeq - 1)
 		e.segments = append(e.segments, first)
 		if len(files) > 1 {
-			if err := e.adopt(files[1:], witness, false); err != nil {
+			if err := e.adopt(files[1:], first.baseSeq, witness, false); err != nil {
 				return err
 			}
 		} else {
@@ -218,17 +242,43 @@ func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) error {
 			}
 		}
 	}
+	if e.nextSeq < floor {
+		// Records past the log's end were in a file set aside (a recycled
+		// file's older records never are): their seqs are not given again.
+		e.recordLost(e.nextSeq, floor-1, "in segment files set aside by recovery")
+	}
 	return e.ensureConsumers(names, cursors, rep)
 }
 
+// nextFreeID is one past the highest segment file id in the log directory
+// (set-aside files included).
+func (e *Engine) nextFreeID() uint32 {
+	id := uint32(1)
+	for _, dir := range []string{e.logDir, e.fs.PathJoin(e.logDir, "aside")} {
+		names, _ := e.fs.List(dir)
+		for _, n := range names {
+			if x, ok := parseSegmentFileName(n); ok {
+				id = max(id, x+1)
+			}
+		}
+	}
+	return id
+}
+
 // logFiles lists the segment files to rebuild the log from, in id order,
-// each with a valid header. Files before the last gap in seqs are set
-// aside (records consumed and reclaimed, or cut off), as are files without
-// a record of their own.
-func (e *Engine) logFiles(rep *RecoverReport) ([]unknownFile, error) {
+// each with a valid header, and the lowest seq a new record may take (past
+// every record and header found, the files set aside included: a seq is
+// never given twice). Set aside, never deleted: files whose header names
+// an older segment (a recycled file renamed, holding a reclaimed
+// segment's records) and files without a record of their own, but the
+// newest of those (a segment started but not yet written), which is kept
+// as an empty segment. A gap between two files is not taken for reclaimed
+// segments: reclaim deletes from the oldest, so a gap is damage, reported
+// lost by the scan.
+func (e *Engine) logFiles(rep *RecoverReport) ([]unknownFile, uint64, error) {
 	names, err := e.fs.List(e.logDir)
 	if err != nil {
-		return nil, fmt.Errorf("cannot list %s: %w", e.logDir, err)
+		return nil, 0, fmt.Errorf("cannot list %s: %w", e.logDir, err)
 	}
 	var ids []uint32
 	for _, n := range names {
@@ -237,40 +287,48 @@ func (e *Engine) logFiles(rep *RecoverReport) ([]unknownFile, error) {
 		}
 	}
 	slices.Sort(ids)
-	var files []unknownFile
+	var files, empty []unknownFile
+	floor := uint64(1)
 	for _, id := range ids {
 		u, err := e.inspect(id)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
+		}
+		floor = max(floor, u.lastSeq+1)
+		if u.hdrOK {
+			floor = max(floor, u.hdr.baseSeq)
 		}
 		switch {
-		case u.lastSeq == 0:
-			// No record of its own: a file never synced, or an older
-			// segment's bytes (a recycled file).
-			if err := e.setAside(u.id, rep); err != nil {
-				return nil, err
+		case u.hdr.id != 0 && u.hdr.id < id, u.lastSeq == 0 && !u.hdrOK:
+			if err := e.setAside(id, rep); err != nil {
+				return nil, 0, err
 			}
-			continue
+		case u.lastSeq == 0:
+			empty = append(empty, u)
 		case !u.hdrOK:
-			return nil, fmt.Errorf("segment file %s holds records up to seq %d but its header is damaged: move it out of %s and run recover again", segmentFileName(id), u.lastSeq, e.logDir)
-		}
-		files = append(files, u)
-	}
-	keep := 0
-	for i, u := range files {
-		switch {
-		case i > 0 && u.hdr.baseSeq > files[i-1].lastSeq+1:
-			keep = i // a gap: what is before it was reclaimed or cut off
-		case i > 0 && u.hdr.baseSeq <= files[i-1].hdr.baseSeq:
-			return nil, fmt.Errorf("segment files %s and %s overlap (both start at or after seq %d): move the wrong one out of %s and run recover again", segmentFileName(files[i-1].id), segmentFileName(u.id), u.hdr.baseSeq, e.logDir)
+			return nil, 0, fmt.Errorf("segment file %s holds records up to seq %d but its header is damaged: move it out of %s and run recover again", segmentFileName(id), u.lastSeq, e.logDir)
+		default:
+			files = append(files, u)
 		}
 	}
-	for _, u := range files[:keep] {
+	for i := 1; i < len(files); i++ {
+		if files[i].hdr.baseSeq <= files[i-1].hdr.baseSeq {
+			return nil, 0, fmt.Errorf("segment files %s and %s overlap (both start at or after seq %d): move the wrong one out of %s and run recover again", segmentFileName(files[i-1].id), segmentFileName(files[i].id), files[i].hdr.baseSeq, e.logDir)
+		}
+	}
+	// The newest empty file is kept if it starts past every record: the
+	// log's next seq, as a segment.
+	for k, u := range empty {
+		last := k == len(empty)-1 && (len(files) == 0 || u.id > files[len(files)-1].id && u.hdr.baseSeq > files[len(files)-1].lastSeq)
+		if last {
+			files = append(files, u)
+			continue
+		}
 		if err := e.setAside(u.id, rep); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
-	return files[keep:], nil
+	return files, floor, nil
 }
 
 // setAside moves a segment file to Dir/log/aside.

@@ -124,8 +124,7 @@ func (e *Engine) deleteSegment(s *segment, consumers []*Consumer) error {
 				if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrNotFound) {
 					// Unreadable for good: keeping the segment for it would
 					// pin it, and every later one, forever.
-					e.stats.lostRecords.Add(1)
-					e.log.Error("straggler unreadable; its event is lost", "seq", en.Seq, "segment", s.id, "err", err)
+					e.recordLost(en.Seq, en.Seq, fmt.Sprintf("straggler unreadable in segment %d: %v", s.id, err))
 					unreadable[en.Seq] = true
 					return true
 				}

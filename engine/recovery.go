@@ -103,6 +103,12 @@ func (e *Engine) reconcileFiles(witness uint64) error {
 	if err != nil {
 		return err // nothing changed
 	}
+	// Where the manifest's log ends, before segments whose files are gone
+	// leave it: adopted files follow on from there.
+	expect := uint64(1)
+	if n := len(e.segments); n > 0 {
+		expect = e.segments[n-1].lastSeq.Load() + 1
+	}
 	if err := e.dropMissing(onDisk); err != nil {
 		return err
 	}
@@ -115,7 +121,7 @@ func (e *Engine) reconcileFiles(witness uint64) error {
 		}
 	}
 	if len(adopt) > 0 {
-		return e.adopt(adopt, witness, true)
+		return e.adopt(adopt, expect, witness, true)
 	}
 	if n := len(e.segments); n > 0 {
 		last := e.segments[n-1]
@@ -231,18 +237,25 @@ func (e *Engine) readHeader(path string) (segmentHeader, error) {
 
 // adopt adds the files past the manifest's last segment to it: every
 // segment but the last is sealed where the next one starts, the last is
-// scanned as the active one. One synced batch records them. behind says
-// the index lost them (logged as an error) rather than being rebuilt.
-func (e *Engine) adopt(files []unknownFile, witness uint64, behind bool) error {
-	chain := slices.Clone(e.segments[len(e.segments)-1:])
-	if chain[0].sealed.Load() {
-		chain = chain[:0]
+// scanned as the active one. One synced batch records them. expect is the
+// seq after the manifest's log (where a file without a readable header is
+// taken to start); behind says the index lost them (logged as an error)
+// rather than being rebuilt.
+func (e *Engine) adopt(files []unknownFile, expect, witness uint64, behind bool) error {
+	var chain []*segment // the manifest's unsealed last segment, if any, then the files
+	if n := len(e.segments); n > 0 && !e.segments[n-1].sealed.Load() {
+		chain = append(chain, e.segments[n-1])
 	}
-	expect := e.segments[len(e.segments)-1].lastSeq.Load() + 1
-	for _, u := range files {
+	for i, u := range files {
 		base := expect
 		if u.hdrOK {
 			base = u.hdr.baseSeq
+		}
+		if i == 0 && len(chain) == 0 && base > expect {
+			// The manifest's last segment was gone (its records unknown to
+			// it) or ended before: the seqs up to the first adopted file
+			// are in no file.
+			e.recordLost(expect, base-1, "missing between the index's segments and the adopted ones")
 		}
 		s := &segment{id: u.id, baseSeq: base}
 		s.lastSeq.Store(base - 1)
@@ -337,7 +350,14 @@ func (e *Engine) scanTail(s *segment, witness uint64, known bool) (uint64, error
 	if err != nil {
 		return 0, err
 	}
-	cut := cutTail(fsc, s.baseSeq, max(fsc.acked, witness))
+	acked := max(fsc.acked, witness)
+	if e.rebuilding {
+		// Without the index's witnesses, a whole frame with a bad checksum
+		// at the end is taken for a damaged record (reported lost, its seq
+		// not given again) rather than a torn write.
+		acked = max(acked, fsc.damagedSeq)
+	}
+	cut := cutTail(fsc, s.baseSeq, acked)
 	if cut.size < fsc.size {
 		if older {
 			e.log.Debug("active segment ends where its file's older data starts", "segment", s.id, "offset", cut.size)

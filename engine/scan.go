@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,11 @@ type fileScan struct {
 	// next frame and found none after them, or the file's size.
 	stoppedAt int64
 	size      int64
+	// damagedSeq is the seq of a whole frame at stoppedAt (its length fits
+	// the file, its seq field is the one expected) whose checksum failed:
+	// a damaged record rather than a short torn write, though a torn
+	// write can look the same. 0 when none.
+	damagedSeq uint64
 }
 
 // scanPiecesMax bounds the pieces kept per file: a file damaged in more
@@ -90,11 +96,15 @@ func scanFile(fs vfs.FS, path string, firstSeq, lastSeq uint64, maxFrame int) (f
 		if firstSeq > 0 || len(fsc.pieces) > 0 {
 			maxSeq = min(lastSeq, sc.seq+uint64(fsc.size-off)/frameLenMin+1)
 		}
+		expect := sc.seq
 		ok, err := sc.resync(sc.seq, maxSeq)
 		if err != nil {
 			return fsc, fmt.Errorf("cannot scan %s: %w", path, err)
 		}
 		if !ok {
+			if wholeFrameAt(f, off, fsc.size, expect, maxFrame) {
+				fsc.damagedSeq = expect
+			}
 			return fsc, nil
 		}
 	}
@@ -135,4 +145,19 @@ func cutTail(fsc fileScan, baseSeq, acked uint64) tailCut {
 	}
 	t.nextSeq = expect
 	return t
+}
+
+// wholeFrameAt reports whether f holds at off a frame header for seq whose
+// length is plausible and whose body fits before size.
+func wholeFrameAt(f vfs.File, off, size int64, seq uint64, maxFrame int) bool {
+	var hdr [frameHeaderLen]byte
+	if seq == 0 || off+frameHeaderLen > size {
+		return false
+	}
+	if _, err := f.ReadAt(hdr[:], off); err != nil {
+		return false
+	}
+	bodyLen := int64(binary.LittleEndian.Uint32(hdr[:]))
+	return bodyLen >= frameLenMin-frameHeaderLen && frameHeaderLen+bodyLen <= int64(maxFrame) &&
+		off+frameHeaderLen+bodyLen <= size && binary.LittleEndian.Uint64(hdr[8:])&^frameGroupStart == seq
 }

@@ -237,7 +237,7 @@ const (
 	// so an event that only ever saw outage failures was aborted after
 	// MinAttempts.
 	KnownOutageAbort
-	// KnownAdoptPanic (BUG-ADOPT-PANIC): engine.Open panics (slice
+	// KnownAdoptPanic (BUG-ADOPT-PANIC, fixed): engine.Open panics (slice
 	// bounds out of range [-1:] in Engine.adopt, engine/recovery.go)
 	// when the index lost its WAL files, every segment its older
 	// manifest names has since been reclaimed (dropMissing empties the
@@ -246,7 +246,7 @@ const (
 	// (a crash clone of the disk) and opens again: Open then refuses
 	// with ErrIndexDamaged and Recover rebuilds the index.
 	KnownAdoptPanic
-	// KnownRecoverDedup (BUG-RECOVER-DEDUP): after the index lost its
+	// KnownRecoverDedup (BUG-RECOVER-DEDUP, fixed): after the index lost its
 	// WAL or its folder, the dedup keys of events whose segments were
 	// reclaimed are gone (Open and Recover rebuild dedup from the
 	// retained log only; the dedup runs the lost index named are not
@@ -261,7 +261,7 @@ const (
 	// those events are gone and nothing names them: RecoverReport says
 	// EntriesLost -1 (an unknown number), LostRanges stays empty.
 	KnownStragglerLoss
-	// KnownRecoverSpare (BUG-RECOVER-SPARE): after a power loss a
+	// KnownRecoverSpare (BUG-RECOVER-SPARE, fixed): after a power loss a
 	// reclaimed segment's file recycled as the next segment's spare
 	// (renamed ahead of time, its old header still there) makes Recover
 	// fail: "segment file N holds records up to seq S but its header is
@@ -270,7 +270,7 @@ const (
 	// operator. While tolerated, the simulator does what the message
 	// says (moves the file to /sluice/moved) and runs Recover again.
 	KnownRecoverSpare
-	// KnownReclaimUnlisted (BUG-RECLAIM-UNLISTED): Reclaim, copying a
+	// KnownReclaimUnlisted (BUG-RECLAIM-UNLISTED, fixed): Reclaim, copying a
 	// straggler whose frame is damaged, logs "straggler unreadable; its
 	// event is lost" and counts it in Stats.LostRecords but does not add
 	// the seq to the lost set (engine/reclaim.go deleteSegment calls no
@@ -278,7 +278,7 @@ const (
 	// restart, and the router's later read answers ErrNotFound (dead
 	// letter "payload unreadable: ... not found").
 	KnownReclaimUnlisted
-	// KnownSeqReuse (BUG-SEQ-REUSE): after index damage the log comes
+	// KnownSeqReuse (BUG-SEQ-REUSE, fixed): after index damage the log comes
 	// back shorter than what was acknowledged and the next append reuses
 	// seqs. Seen two ways: (1) every record reclaimed, the active segment
 	// holding only its header (base seq N+1), index folder lost: Recover
@@ -290,7 +290,7 @@ const (
 	// simulator cannot model reused seqs: while tolerated, the run stops
 	// there (Report.Stopped) without its end checks.
 	KnownSeqReuse
-	// KnownRecoverAside (BUG-RECOVER-ASIDE): Recover sets aside
+	// KnownRecoverAside (BUG-RECOVER-ASIDE, fixed): Recover sets aside
 	// (log/aside) every segment file before a gap in the seqs, taking
 	// the gap for the end of consumed, reclaimed segments; a gap that a
 	// damaged frame made (a flipped byte in the last frame of a
@@ -301,7 +301,7 @@ const (
 	// of a Recover that started past what had been reclaimed count as
 	// final (RecoverReport.SetAside names their files).
 	KnownRecoverAside
-	// KnownLostTail (BUG-LOST-TAIL): when the newest records of the log
+	// KnownLostTail (BUG-LOST-TAIL, fixed): when the newest records of the log
 	// are all lost (damaged frames), a consumer's cursor stays before them
 	// for good: readers skip them and nothing later passes them, so the
 	// backlog never reaches zero and the segment is never reclaimed until
@@ -311,8 +311,7 @@ const (
 )
 
 // Tolerated are the known bugs that do not fail a run (yet).
-var Tolerated = KnownAdoptPanic | KnownRecoverDedup | KnownStragglerLoss | KnownRecoverSpare | KnownReclaimUnlisted | KnownSeqReuse |
-	KnownRecoverAside | KnownLostTail
+var Tolerated = KnownStragglerLoss
 
 func (k Known) String() string {
 	var parts []string

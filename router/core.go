@@ -244,11 +244,24 @@ func (c *core) fill(now time.Time) error {
 			return fmt.Errorf("cannot read log: %w", err)
 		}
 		if len(recs) == 0 {
+			c.passLost()
 			return nil
 		}
 		for i := range recs {
 			c.admitRecord(&recs[i], now)
 		}
+	}
+}
+
+// passLost moves the cursor over seqs the log lost at its end (reported
+// by the engine): with nothing held and nothing left to read, the reader
+// is past them, and no record would ever carry the cursor there.
+func (c *core) passLost() {
+	if c.head != len(c.window) {
+		return
+	}
+	if cur, _ := c.cons.Cursor(); c.reader.CaughtUp() && c.reader.Position() > cur {
+		c.txn.Advance(c.reader.Position(), 0)
 	}
 }
 
