@@ -328,3 +328,138 @@ func TestIndexDamageManifestFlipped(t *testing.T) {
 	}
 	d.expectAll(t, ids)
 }
+
+// TestRecoverNeverReusesSeqs loses the index when every record was
+// reclaimed (the log directory holds only the empty active segment):
+// Recover keeps that segment, and the next record gets the next seq, not 1.
+func TestRecoverNeverReusesSeqs(t *testing.T) {
+	d := damageFS{"mem", vfs.NewMem(), "/data"}
+	e, err := Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := consumerOf(t, e, "c")
+	appendIDs(t, e, "a", 0, 300, 30)
+	tx := c.Begin()
+	tx.Advance(e.LastSeq()+1, 0)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	e.opts.ReclaimActiveMinBytes = 1
+	if _, err := e.Reclaim(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.fs.RemoveAll("/data/index"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Recover(d.options(&logCapture{}), []string{"c"}); err != nil {
+		t.Fatalf("recover: %v", err)
+	}
+	e, err = Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	res, err := e.Append(t.Context(), recsFor([]string{"next"}))
+	if err != nil || res.LastSeq != 301 {
+		t.Fatalf("append after recovery: %+v %v, want seq 301", res, err)
+	}
+}
+
+// TestRecoverDamagedLastFrame flips a byte in the last record of a cleanly
+// closed log and loses the index: Recover cannot tell it from a torn write
+// by the file alone, so it reports it lost and never gives its seq again;
+// the records before it are kept.
+func TestRecoverDamagedLastFrame(t *testing.T) {
+	d := damageFS{"mem", vfs.NewMem(), "/data"}
+	e, err := Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := appendIDs(t, e, "a", 0, 50, 10)
+	all := expectLog(t, e, 1, ids)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	last := all[len(all)-1]
+	fileData(t, d.fs.(*vfs.MemFS), segPath(last.Pos.Segment()))[int(last.Pos.Offset())+frameHeaderLen+2] ^= 0x40
+	if err := d.fs.RemoveAll("/data/index"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Recover(d.options(&logCapture{}), []string{"c"})
+	if err != nil {
+		t.Fatalf("recover: %v", err)
+	}
+	if !slices.Equal(rep.Lost, []SeqRange{{50, 50}}) || rep.LastSeq != 50 {
+		t.Fatalf("report %+v, want seq 50 lost and the log ending at 50", rep)
+	}
+	e, err = Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if got := readAll(t, e, 1); len(got) != 49 {
+		t.Fatalf("read %d records, want 49", len(got))
+	}
+	if res, err := e.Append(t.Context(), recsFor([]string{"next"})); err != nil || res.LastSeq != 51 {
+		t.Fatalf("append after recovery: %+v %v, want seq 51", res, err)
+	}
+	// The cursor of the new consumer is not held before the lost record.
+	if st := e.Stats(); st.Consumers[0].BacklogEvents != 51 {
+		t.Fatalf("backlog %d, want 51 (49 records, the lost one skipped by the reader, the new one)", st.Consumers[0].BacklogEvents)
+	}
+}
+
+// TestOpenAdoptsUnnamedDedupRuns loses the index's newest writes (its WAL)
+// after the dedup keys went to a run: Open adopts the run file the older
+// index does not name, so resends are still duplicates.
+func TestOpenAdoptsUnnamedDedupRuns(t *testing.T) {
+	d := damageFS{"mem", vfs.NewCrashableMem(), "/data"}
+	e, err := Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := consumerOf(t, e, "c")
+	ids := appendIDs(t, e, "a", 0, 100, 10)
+	// Every record consumed and reclaimed: their keys are only in the run.
+	tx := c.Begin()
+	tx.Advance(e.LastSeq()+1, 0)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	e.opts.ReclaimActiveMinBytes = 1
+	if n, err := e.Reclaim(); err != nil || n == 0 {
+		t.Fatalf("reclaim: %d %v", n, err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if runs, _ := d.fs.List("/data/dedup"); len(runs) == 0 {
+		t.Fatal("no dedup run written")
+	}
+	for _, w := range d.walFiles(t) {
+		if err := d.fs.Remove(w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Open(d.options(&logCapture{})); !errors.Is(err, ErrIndexDamaged) {
+		t.Fatalf("open with an empty index: %v", err)
+	}
+	if _, err := Recover(d.options(&logCapture{}), []string{"c"}); err != nil {
+		t.Fatal(err)
+	}
+	e, err = Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if e.Stats().DedupRuns == 0 {
+		t.Fatal("the dedup run was not adopted")
+	}
+	if res, err := e.Append(t.Context(), recsFor(ids)); err != nil || res.Duplicates != len(ids) {
+		t.Fatalf("resend: %+v %v, want %d duplicates", res, err, len(ids))
+	}
+}
