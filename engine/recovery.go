@@ -113,6 +113,13 @@ func (e *Engine) reconcileFiles(witness uint64) error {
 		return err
 	}
 	for _, u := range remove {
+		// A file's header says its segment started at baseSeq: every seq
+		// below was acknowledged (a segment starts past the durable end),
+		// even if no file holds it any more.
+		if u.hdrOK && u.hdr.baseSeq > 0 {
+			witness = max(witness, u.hdr.baseSeq-1)
+		}
+		witness = max(witness, u.lastSeq)
 		name := segmentFileName(u.id)
 		e.nextID = max(e.nextID, u.id+1) // never reuse a file's id
 		e.log.Info("removing a segment file the index does not name; it holds no record still needed", "file", name, "last_seq", u.lastSeq)

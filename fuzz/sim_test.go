@@ -403,16 +403,19 @@ func TestBugStorageFaults(t *testing.T) {
 		bug   Known
 		knobs string
 	}{
-		{KnownAdoptPanic, "seed=1,mode=0x8100"},      // panic at step 44
-		{KnownRecoverDedup, "seed=15,mode=0x8100"},   // m7 stored again as 45
-		{KnownStragglerLoss, "seed=45,mode=0x8100"},  // event 39 never delivered
-		{KnownRecoverSpare, "seed=5,mode=0x8100"},    // varies: recover refuses a recycled spare
-		{KnownReclaimUnlisted, "seed=1,mode=0x8400"}, // 176 aborted "not found", not listed
-		{KnownSeqReuse, "seed=29,mode=0x8700"},       // log ends at 0, 36 acknowledged
-		{KnownSeqReuse, "seed=83,mode=0x8700"},       // log ends at 46, 52 acknowledged
-		{KnownRecoverAside, "seed=53,mode=0x8700"},   // m2 stored again as 50
-		{KnownLostTail, "seed=12"},                   // cursor 2 of 5, 2-4 lost
-		{KnownLostTail, "seed=93,mode=0x874f"},       // the last record lost, no segment after it
+		{KnownAdoptPanic, "seed=1,mode=0x8100"},                    // panic at step 44
+		{KnownRecoverDedup, "seed=15,mode=0x8100"},                 // m7 stored again as 45
+		{KnownStragglerLoss, "seed=45,mode=0x8100"},                // event 39 never delivered
+		{KnownRecoverSpare, "seed=5,mode=0x8100"},                  // varies: recover refuses a recycled spare
+		{KnownReclaimUnlisted, "seed=1,mode=0x8400"},               // 176 aborted "not found", not listed
+		{KnownSeqReuse, "seed=29,mode=0x8700"},                     // log ends at 0, 36 acknowledged
+		{KnownSeqReuse, "seed=83,mode=0x8700"},                     // log ends at 46, 52 acknowledged
+		{KnownRecoverAside, "seed=53,mode=0x8700"},                 // m2 stored again as 50
+		{KnownLostTail, "seed=12"},                                 // cursor 2 of 5, 2-4 lost
+		{KnownLostTail, "seed=93,mode=0x874f"},                     // the last record lost, no segment after it
+		{KnownSeqReuse, "seed=1213,users=100,dests=1,mode=0x812e"}, // a header-only file removed: its base was the floor
+		{KnownSeqReuse, "seed=488,users=100,dests=1,mode=0x8764"},
+		{KnownSeqReuse, "seed=663,users=2,dests=3,mode=0x8324"},
 	} {
 		if Tolerated&tc.bug != 0 && os.Getenv("SLUICE_SIM_BUGS") == "" {
 			continue
