@@ -347,6 +347,7 @@ func (e *Engine) drainLocked() bool {
 	// Order matters: a reader bounded by the segment's size must never find
 	// a frame past the high-water mark.
 	j.seg.lastSeq.Store(j.last)
+	j.seg.headerDurable.Store(true) // synced with the group
 	e.hwm.Store(j.last)
 	j.seg.size.Add(int64(len(j.buf)))
 	e.notify()
@@ -441,15 +442,18 @@ func (e *Engine) rotateLocked() error {
 		e.file = nil
 	}
 	id, f, err := e.takeSpareLocked()
+	created := false
 	if f == nil && err == nil {
 		id = e.nextID
 		f, err = createSegmentFile(e.fs, e.logDir, id, e.nextSeq)
+		created = true
 	}
 	if err != nil {
 		return err
 	}
 	seg := &segment{id: id, baseSeq: e.nextSeq}
 	seg.recyclable.Store(true)
+	seg.headerDurable.Store(created)
 	seg.lastSeq.Store(e.nextSeq - 1)
 	seg.size.Store(segmentHeaderLen)
 	b := e.db.NewBatch()

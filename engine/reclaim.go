@@ -33,9 +33,12 @@ func (e *Engine) reclaim(force bool) (int, error) {
 	segs := slices.Clone(e.segments)
 	e.segMu.RUnlock()
 	deleted := 0
-	for _, s := range segs[:max(len(segs)-1, 0)] { // never the active one
+	for i, s := range segs[:max(len(segs)-1, 0)] { // never the active one
 		if !s.sealed.Load() || s.lastSeq.Load() >= minCursor {
 			break
+		}
+		if i == len(segs)-2 && !e.activeHeaderDurable(segs[i+1]) {
+			break // the newest header on disk (see segment.headerDurable)
 		}
 		if ok, err := e.indexedThrough(s.lastSeq.Load(), force); err != nil || !ok {
 			e.refreshDiskUsage()
@@ -84,6 +87,26 @@ func (e *Engine) indexedThrough(seq uint64, force bool) (bool, error) {
 		return false, fmt.Errorf("cannot reclaim: %w", err)
 	}
 	return e.dedup.indexed.Load() >= seq, nil
+}
+
+// activeHeaderDurable reports whether the header of the active segment a
+// is synced, syncing it if need be (once: a recycled file's header is
+// otherwise synced by its first group).
+func (e *Engine) activeHeaderDurable(a *segment) bool {
+	if a.headerDurable.Load() {
+		return true
+	}
+	e.writeMu.Lock()
+	defer e.writeMu.Unlock()
+	if e.active != a || e.file == nil {
+		return a.headerDurable.Load()
+	}
+	if err := e.file.Sync(); err != nil {
+		e.log.Warn("cannot sync the active segment's header; the segment before it is kept", "segment", a.id, "err", err)
+		return false
+	}
+	a.headerDurable.Store(true)
+	return true
 }
 
 // cutConsumedActive seals the active segment when every consumer has passed

@@ -50,6 +50,11 @@ type segment struct {
 	// that later records get again; segments loaded at Open are not known
 	// to be clean. Their files are removed, never reused (spare.go).
 	recyclable atomic.Bool
+	// headerDurable: the file's header is synced (a created file, or a
+	// recycled one after its first group's fdatasync). Until the active
+	// segment's is, reclaim keeps the newest sealed segment: without the
+	// index, segment headers are the only record of where seqs stand.
+	headerDurable atomic.Bool
 }
 
 func (s *segment) records() uint64 { return s.lastSeq.Load() + 1 - s.baseSeq }
