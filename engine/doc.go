@@ -107,8 +107,14 @@
 // resynchronises at the next frame, and only the damaged record is lost.
 // Every loss goes into the lost set (lost.go, index key 0x0f): logged at
 // ERROR and counted in Stats.LostRecords once, whichever reader meets it,
-// and listed by LostRanges. Open then replays the log past the dedup
+// and listed by LostRanges; readers and cursors move past lost seqs. Open
+// then adopts dedup run files the index does not name (an index that lost
+// its newest writes lost their names), replays the log past the dedup
 // checkpoint into the dedup index (and the whole retained log for a
 // generation whose dedup run was damaged: deduprebuild.go), loads cursors
 // and entry counts from the index alone, and starts a fresh active segment.
+// Without the index, segment headers are the only record of where seqs
+// stand: reclaim keeps the newest sealed segment until the active one's
+// header is synced, and Recover never numbers below a header or record it
+// found.
 package engine
