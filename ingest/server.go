@@ -571,5 +571,5 @@ func (s *Server) handleTransportError(ctx *fasthttp.RequestCtx, err error) {
 type fasthttpLogger struct{ l *slog.Logger }
 
 func (f fasthttpLogger) Printf(format string, args ...any) {
-	f.l.Debug(fmt.Sprintf(format, args...), "component", "fasthttp")
+	f.l.Debug(fmt.Sprintf(format, args...), "lib", "fasthttp")
 }
