@@ -231,27 +231,7 @@ engine:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := &sluiceProc{dataDir: dataDir, addr: addr, url: "http://" + addr, logs: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(bin, "serve", "--config", cfgPath)
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("cannot start %s: %v", bin, err)
-	}
-	go func() {
-		p.cmd.Wait()
-		p.state = p.cmd.ProcessState
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			p.stop(t)
-		}
-		if t.Failed() {
-			t.Logf("--- sluice output ---\n%s", p.logs.String())
-		}
-	})
+	p := launch(t, bin, dataDir, addr, cfgPath)
 	client := &http.Client{Timeout: time.Second}
 	waitForLong(t, "sluice to answer /health 200", func() bool {
 		select {

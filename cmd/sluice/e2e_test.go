@@ -233,6 +233,35 @@ func tryStart(t *testing.T, bin, dataDir, extraDests string) (*sluiceProc, error
 	t.Helper()
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	cfgPath := writeConfig(t, addr, dataDir, extraDests)
+	p := launch(t, bin, dataDir, addr, cfgPath)
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; i < 1000 && time.Now().Before(deadline); i++ {
+		select {
+		case <-p.exited:
+			return p, fmt.Errorf("exited early: %v", p.state)
+		default:
+		}
+		resp, err := client.Get(p.url + "/health")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p, nil
+			}
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	p.cmd.Process.Kill()
+	<-p.exited
+	return p, fmt.Errorf("GET /health did not answer 200 within 20s")
+}
+
+// launch runs `sluice serve --config cfgPath` for dataDir on addr. A
+// cleanup stops it with SIGTERM (if the test has not stopped or killed it)
+// and asserts it exits 0, and prints its output if the test failed.
+func launch(t *testing.T, bin, dataDir, addr, cfgPath string) *sluiceProc {
+	t.Helper()
 	p := &sluiceProc{dataDir: dataDir, addr: addr, url: "http://" + addr, logs: &syncBuffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(bin, "serve", "--config", cfgPath)
 	p.cmd.Dir = filepath.Dir(cfgPath)
@@ -256,27 +285,7 @@ func tryStart(t *testing.T, bin, dataDir, extraDests string) (*sluiceProc, error
 			t.Logf("--- sluice output (%s, pid %d) ---\n%s", p.addr, p.cmd.Process.Pid, p.logs.String())
 		}
 	})
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(20 * time.Second)
-	for i := 0; i < 1000 && time.Now().Before(deadline); i++ {
-		select {
-		case <-p.exited:
-			return p, fmt.Errorf("exited early: %v", p.state)
-		default:
-		}
-		resp, err := client.Get(p.url + "/health")
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p, nil
-			}
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	p.cmd.Process.Kill()
-	<-p.exited
-	return p, fmt.Errorf("GET /health did not answer 200 within 20s")
+	return p
 }
 
 // signal sends sig to the process.

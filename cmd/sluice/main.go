@@ -79,15 +79,10 @@ func serveCmd(args []string, stderr io.Writer) int {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	if *configPath == "" {
-		*configPath = findQuickstart()
-	}
-	cfg, err := loadConfig(*configPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "sluice: %v\n", err)
+	cfg, log, ok := configFor(*configPath, stderr)
+	if !ok {
 		return 2
 	}
-	log := newLogger(cfg, stderr)
 	if n := procsFor(os.Getenv("GOMAXPROCS"), runtime.GOMAXPROCS(0), runtime.NumCPU()); n > 0 {
 		runtime.GOMAXPROCS(n)
 		log.Debug("GOMAXPROCS raised on a small machine", "gomaxprocs", n)
@@ -135,6 +130,20 @@ func procsFor(env string, procs, cpus int) int {
 
 // findQuickstart returns the quick-start config's path: in the working
 // directory's examples/, else beside the binary's parent.
+// configFor loads the config at path (the quick-start one when empty)
+// and makes its logger; on a bad file it says why on stderr.
+func configFor(path string, stderr io.Writer) (*Config, *slog.Logger, bool) {
+	if path == "" {
+		path = findQuickstart()
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		fmt.Fprintf(stderr, "sluice: %v\n", err)
+		return nil, nil, false
+	}
+	return cfg, newLogger(cfg, stderr), true
+}
+
 func findQuickstart() string {
 	const rel = "examples/quickstart.yaml"
 	if _, err := os.Stat(rel); err == nil {

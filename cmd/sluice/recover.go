@@ -37,15 +37,10 @@ func recoverCmd(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if *configPath == "" {
-		*configPath = findQuickstart()
-	}
-	cfg, err := loadConfig(*configPath)
-	if err != nil {
-		fmt.Fprintf(stderr, "sluice: %v\n", err)
+	cfg, log, ok := configFor(*configPath, stderr)
+	if !ok {
 		return 2
 	}
-	log := newLogger(cfg, stderr)
 	names := make([]string, 0, len(cfg.Destinations))
 	for _, d := range cfg.Destinations {
 		names = append(names, d.Name)
