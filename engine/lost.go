@@ -90,22 +90,6 @@ func (e *Engine) recordLost(first, last uint64, why string) {
 	}
 }
 
-// isLost reports whether seq is in the lost set.
-func (e *Engine) isLost(seq uint64) bool {
-	e.lost.mu.Lock()
-	defer e.lost.mu.Unlock()
-	_, found := slices.BinarySearchFunc(e.lost.ranges, seq, func(r SeqRange, s uint64) int {
-		switch {
-		case r.Last < s:
-			return -1
-		case r.First > s:
-			return 1
-		}
-		return 0
-	})
-	return found
-}
-
 // LostRanges returns the seqs known lost, in order (see lostSet).
 func (e *Engine) LostRanges() []SeqRange {
 	e.lost.mu.Lock()

@@ -22,14 +22,11 @@ type fileScan struct {
 	// acked is the highest seq proved acknowledged by a group-start frame
 	// in the file (that frame's seq minus one); 0 when none.
 	acked uint64
-	// stoppedAt is the offset where the scan met bytes that were not the
-	// next frame and found none after them, or the file's size.
-	stoppedAt int64
-	size      int64
-	// damagedSeq is the seq of a whole frame at stoppedAt (its length fits
-	// the file, its seq field is the one expected) whose checksum failed:
-	// a damaged record rather than a short torn write, though a torn
-	// write can look the same. 0 when none.
+	size  int64
+	// damagedSeq is the seq of a whole frame where the scan stopped (its
+	// length fits the file, its seq field is the one expected) whose
+	// checksum failed: a damaged record rather than a short torn write,
+	// though a torn write can look the same. 0 when none.
 	damagedSeq uint64
 }
 
@@ -52,9 +49,8 @@ func scanFile(fs vfs.FS, path string, firstSeq, lastSeq uint64, maxFrame int) (f
 	if err != nil {
 		return fileScan{}, fmt.Errorf("cannot stat %s: %w", path, err)
 	}
-	fsc := fileScan{size: st.Size(), stoppedAt: segmentHeaderLen}
+	fsc := fileScan{size: st.Size()}
 	if fsc.size <= segmentHeaderLen {
-		fsc.stoppedAt = fsc.size
 		return fsc, nil
 	}
 	sc := newFrameScanner(f, firstSeq, segmentHeaderLen, fsc.size, maxFrame)
@@ -63,7 +59,6 @@ func scanFile(fs vfs.FS, path string, firstSeq, lastSeq uint64, maxFrame int) (f
 		off := sc.off
 		rec, err := sc.next(true)
 		if err == nil && rec.Seq > lastSeq {
-			fsc.stoppedAt = off
 			return fsc, nil
 		}
 		if err == nil {
@@ -75,18 +70,15 @@ func scanFile(fs vfs.FS, path string, firstSeq, lastSeq uint64, maxFrame int) (f
 			if rec.groupStart && rec.Seq > 0 {
 				fsc.acked = max(fsc.acked, rec.Seq-1)
 			}
-			fsc.stoppedAt = sc.off
 			continue
 		}
 		if err == io.EOF {
-			fsc.stoppedAt = fsc.size
 			return fsc, nil
 		}
 		if !errors.Is(err, ErrCorrupt) {
 			return fsc, fmt.Errorf("cannot scan %s: %w", path, err)
 		}
 		cur = nil
-		fsc.stoppedAt = off
 		if len(fsc.pieces) >= scanPiecesMax {
 			return fsc, nil
 		}
