@@ -67,6 +67,10 @@ type Engine struct {
 	consMu    sync.RWMutex
 	consumers map[string]*Consumer
 
+	// reclaimPasses counts reclaim passes (under idxMu), to look for
+	// spent straggler files now and then.
+	reclaimPasses int
+
 	// rebuilding: this is Recover's engine, rebuilding the index from the
 	// segment files (recovery then has no witness in the index).
 	rebuilding bool

@@ -463,3 +463,97 @@ func TestOpenAdoptsUnnamedDedupRuns(t *testing.T) {
 		t.Fatalf("resend: %+v %v, want %d duplicates", res, err, len(ids))
 	}
 }
+
+// TestRecoverRequeuesStragglers loses the index while an entry still needs
+// an event whose segment was reclaimed: the straggler file written at the
+// reclaim brings it back, pending again for the destination, and reclaim
+// removes the file once no entry needs it.
+func TestRecoverRequeuesStragglers(t *testing.T) {
+	d := damageFS{"mem", vfs.NewMem(), "/data"}
+	e, err := Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := consumerOf(t, e, "c")
+	ids := appendIDs(t, e, "a", 0, 600, 30)
+	all := expectLog(t, e, 1, ids)
+	victim := all[5]
+	var behind Record // a later event of the victim's key, skipped behind it
+	for _, r := range all[6:] {
+		if string(r.Key) == string(victim.Key) {
+			behind = r
+			break
+		}
+	}
+	if behind.Seq == 0 || behind.Pos.Segment() == all[len(all)-1].Pos.Segment() {
+		t.Fatalf("no later event of key %q in a reclaimed segment", victim.Key)
+	}
+	tx := c.Begin()
+	tx.Put(Entry{Seq: victim.Seq, Pos: victim.Pos, State: StateFailed, Key: victim.Key, ReceivedAt: victim.ReceivedAt, DueAt: 1})
+	tx.Put(Entry{Seq: behind.Seq, Pos: behind.Pos, State: StateSkipped, Key: behind.Key, ReceivedAt: behind.ReceivedAt})
+	tx.SetBarrier(victim.Key, victim.Seq)
+	tx.Advance(e.LastSeq()+1, 0)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.Reclaim(); err != nil || n == 0 {
+		t.Fatalf("reclaim: %d %v", n, err)
+	}
+	stg, _ := d.fs.List("/data/log/stragglers")
+	if len(stg) != 1 {
+		t.Fatalf("straggler files %v, want one", stg)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.fs.RemoveAll("/data/index"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Recover(d.options(&logCapture{}), []string{"c"})
+	if err != nil {
+		t.Fatalf("recover: %v", err)
+	}
+	if rep.StragglersRequeued != 2 {
+		t.Fatalf("report %+v, want two stragglers requeued", rep)
+	}
+	e, err = Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	c = consumerOf(t, e, "c")
+	if c.Count(StateFailed) != 1 || c.Count(StateSkipped) != 1 {
+		t.Fatalf("failed %d and skipped %d entries, want one each", c.Count(StateFailed), c.Count(StateSkipped))
+	}
+	if ents, err := c.KeyEntries(victim.Key, 10); err != nil || len(ents) != 2 || ents[0].Seq != victim.Seq || ents[1].Seq != behind.Seq {
+		t.Fatalf("key entries %+v %v, want the head and the one behind it", ents, err)
+	}
+	if head, ok, err := c.Barrier(victim.Key); err != nil || !ok || head != victim.Seq {
+		t.Fatalf("barrier %d %v %v, want %d", head, ok, err, victim.Seq)
+	}
+	en, err := c.Entry(victim.Seq)
+	if err != nil {
+		t.Fatalf("entry of the straggler: %v", err)
+	}
+	rec, err := e.Read(en.Seq, en.Pos)
+	if err != nil || string(rec.MessageID) != string(victim.MessageID) {
+		t.Fatalf("read of the requeued straggler: %v %q", err, rec.MessageID)
+	}
+	if cur, _ := c.Cursor(); cur != e.Stats().FirstSeq {
+		t.Fatalf("cursor %d, want the first retained seq %d", cur, e.Stats().FirstSeq)
+	}
+	// Delivered: the entry goes, and with it the need for the file.
+	tx = c.Begin()
+	tx.Succeed(victim.Seq)
+	tx.Succeed(behind.Seq)
+	tx.ClearBarrier(victim.Key)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Reclaim(); err != nil {
+		t.Fatal(err)
+	}
+	if stg, _ := d.fs.List("/data/log/stragglers"); len(stg) != 0 {
+		t.Fatalf("straggler files %v left after their entries settled", stg)
+	}
+}

@@ -35,6 +35,10 @@ type RecoverReport struct {
 	// not be read (its dead letters and failed entries are gone, and how
 	// many is unknown).
 	EntriesKept, EntriesLost int64
+	// StragglersRequeued counts events of reclaimed segments that entries
+	// of the lost index still needed, found in straggler files and made
+	// pending again for every new consumer.
+	StragglersRequeued int
 }
 
 // RecoveredConsumer is one consumer after Recover.
@@ -70,7 +74,8 @@ func Recover(opts Options, names []string) (RecoverReport, error) {
 	}
 	rep.IndexKept, rep.SavedIndex = kept, saved
 	e := &Engine{opts: o, fs: fs, log: o.Logger, db: db, logDir: fs.PathJoin(o.Dir, "log"), nextID: 1, nextSeq: 1, rebuilding: true}
-	if err := e.rebuildIndex(names, &rep); err != nil {
+	stragglers, err := e.rebuildIndex(names, &rep)
+	if err != nil {
 		db.Close()
 		return rep, err
 	}
@@ -82,6 +87,23 @@ func Recover(opts Options, names []string) (RecoverReport, error) {
 	re, err := Open(opts)
 	if err != nil {
 		return rep, fmt.Errorf("cannot open the rebuilt index: %w", err)
+	}
+	if len(stragglers) > 0 {
+		first := re.Stats().FirstSeq
+		for _, c := range rep.Consumers {
+			if !c.Created {
+				continue
+			}
+			cons, err := re.Consumer(c.Name)
+			if err == nil {
+				err = requeueStragglers(cons, stragglers, first, o.Now().UnixNano())
+			}
+			if err != nil {
+				re.Close()
+				return rep, err
+			}
+		}
+		rep.StragglersRequeued = len(stragglers)
 	}
 	st := re.Stats()
 	rep.Segments, rep.FirstSeq, rep.LastSeq = st.Segments, st.FirstSeq, st.LastSeq
@@ -161,14 +183,14 @@ func checkIndexVersion(db *pebble.DB) error {
 // rebuildIndex replaces the manifest with what the segment files hold,
 // drops the dedup checkpoint and run names (Open adopts every readable run
 // file and replays the retained log) and makes sure of the consumers.
-func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) error {
+func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) (map[uint64]Record, error) {
 	if err := e.loadLost(); err != nil {
 		e.log.Error("lost set unreadable; starting a new one", "err", err)
 		e.lost.ranges = nil
 	}
 	cursors, entries, err := e.oldConsumers()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	rep.EntriesKept = entries
 	if !rep.IndexKept {
@@ -176,7 +198,7 @@ func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) error {
 	}
 	witness, err := e.ackWitness()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	b := e.db.NewBatch()
 	defer b.Close()
@@ -186,15 +208,15 @@ func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) error {
 		{[]byte{prefixDedupRun}, []byte{prefixDedupRun + 1}},
 	} {
 		if err := b.DeleteRange(r[0], r[1], nil); err != nil {
-			return fmt.Errorf("cannot clear the old manifest: %w", err)
+			return nil, fmt.Errorf("cannot clear the old manifest: %w", err)
 		}
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("cannot clear the old manifest: %w", err)
+		return nil, fmt.Errorf("cannot clear the old manifest: %w", err)
 	}
 	files, floor, err := e.logFiles(rep)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Without the index's word, every record a file holds counts as
 	// acknowledged: a gap before one is reported lost rather than taken
@@ -208,15 +230,15 @@ func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) error {
 		// them, in a new empty segment.
 		f, err := createSegmentFile(e.fs, e.logDir, e.nextFreeID(), floor)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		f.Close()
 		if err := syncDir(e.fs, e.logDir); err != nil {
-			return err
+			return nil, err
 		}
 		u, err := e.inspect(e.nextFreeID() - 1)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		files = append(files, u)
 	}
@@ -228,17 +250,17 @@ func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) error {
 		e.segments = append(e.segments, first)
 		if len(files) > 1 {
 			if err := e.adopt(files[1:], first.baseSeq, witness, false); err != nil {
-				return err
+				return nil, err
 			}
 		} else {
 			next, err := e.scanTail(first, witness, false)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			e.nextSeq = next
 			first.sealed.Store(true)
 			if err := e.db.Set(segmentKey(first.id), encodeManifest(first), pebble.Sync); err != nil {
-				return fmt.Errorf("cannot record segment %d: %w", first.id, err)
+				return nil, fmt.Errorf("cannot record segment %d: %w", first.id, err)
 			}
 		}
 	}
@@ -247,7 +269,25 @@ func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) error {
 		// file's older records never are): their seqs are not given again.
 		e.recordLost(e.nextSeq, floor-1, "in segment files set aside by recovery")
 	}
-	return e.ensureConsumers(names, cursors, rep)
+	// A new index lost the old one's stragglers: the straggler files have
+	// them; the new consumers start at the oldest, to requeue them.
+	var stragglers map[uint64]Record
+	if !rep.IndexKept {
+		first := e.nextSeq
+		if len(e.segments) > 0 {
+			first = e.segments[0].baseSeq
+		}
+		if stragglers, err = e.recoverStragglers(first); err != nil {
+			return nil, err
+		}
+	}
+	start := uint64(0)
+	for seq := range stragglers {
+		if start == 0 || seq < start {
+			start = seq
+		}
+	}
+	return stragglers, e.ensureConsumers(names, cursors, start, rep)
 }
 
 // nextFreeID is one past the highest segment file id in the log directory
@@ -396,11 +436,15 @@ func (e *Engine) oldConsumers() (map[string]uint64, int64, error) {
 }
 
 // ensureConsumers creates the named consumers the index does not know, at
-// the oldest retained record, and lists every consumer in the report.
-func (e *Engine) ensureConsumers(names []string, cursors map[string]uint64, rep *RecoverReport) error {
+// the oldest retained record (or start, the oldest straggler to requeue,
+// when not 0), and lists every consumer in the report.
+func (e *Engine) ensureConsumers(names []string, cursors map[string]uint64, start uint64, rep *RecoverReport) error {
 	first := e.nextSeq
 	if len(e.segments) > 0 {
 		first = e.segments[0].baseSeq
+	}
+	if start > 0 {
+		first = min(first, start) // the oldest straggler, requeued after Open
 	}
 	id := uint32(1)
 	if v, closer, err := e.db.Get(keyConsumerID); err == nil {

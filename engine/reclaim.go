@@ -27,6 +27,11 @@ func (e *Engine) reclaim(force bool) (int, error) {
 	for _, c := range consumers {
 		minCursor = min(minCursor, c.cursor.Load())
 	}
+	if e.reclaimPasses++; force || e.reclaimPasses%stragglerCheckEvery == 0 {
+		if err := e.dropSpentStragglerFiles(); err != nil {
+			e.log.Warn("cannot remove spent straggler files", "err", err)
+		}
+	}
 	// A failed cut (a full disk) must not keep the sealed segments.
 	cutErr := e.cutConsumedActive(minCursor)
 	e.segMu.RLock()
@@ -129,6 +134,7 @@ func (e *Engine) deleteSegment(s *segment, consumers []*Consumer) error {
 	defer b.Close()
 	first, last := s.baseSeq, s.lastSeq.Load()
 	moved := make(map[uint64]bool)
+	frames := make(map[uint64][]byte)
 	unreadable := make(map[uint64]bool)
 	for _, c := range consumers {
 		for _, p := range []byte{prefixEntry, prefixAborted} {
@@ -156,6 +162,7 @@ func (e *Engine) deleteSegment(s *segment, consumers []*Consumer) error {
 					return false
 				}
 				b.Set(stragglerKey(en.Seq), frame, nil)
+				frames[en.Seq] = frame
 				moved[en.Seq] = true
 				return true
 			})
@@ -167,6 +174,7 @@ func (e *Engine) deleteSegment(s *segment, consumers []*Consumer) error {
 			}
 		}
 	}
+	e.saveStragglers(s.id, frames)
 	b.Delete(segmentKey(s.id), nil)
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("cannot drop segment %d from manifest: %w", s.id, err)

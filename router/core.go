@@ -168,16 +168,17 @@ func newCore(cfg Config, log Log, cons *engine.Consumer) (*core, error) {
 	}
 	c.reader = r
 	c.txn = cons.Begin()
-	if cfg.Ordering {
-		err := cons.Barriers(func(key []byte, _ uint64) error {
-			ks := c.keyState(string(key))
-			ks.blocked = true
-			c.queueDrain(ks)
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
+	// Stored barriers are drained even without ordering: their skipped
+	// entries go out only that way (a destination whose ordering was
+	// turned off, or stragglers Recover requeued behind a barrier).
+	err = cons.Barriers(func(key []byte, _ uint64) error {
+		ks := c.keyState(string(key))
+		ks.blocked = true
+		c.queueDrain(ks)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -265,12 +266,17 @@ func (c *core) passLost() {
 	}
 }
 
+// refuses reports whether the destination's filters refuse r.
+func (c *core) refuses(r *engine.Record) bool {
+	return (c.sources != nil && !c.sources[string(r.Source)]) || (c.events != nil && !c.events[string(r.Type)])
+}
+
 func (c *core) admitRecord(r *engine.Record, now time.Time) {
 	it := newItem(r)
 	c.window = append(c.window, it)
 	c.winSize += it.size
 	switch {
-	case (c.sources != nil && !c.sources[string(r.Source)]) || (c.events != nil && !c.events[string(r.Type)]):
+	case c.refuses(r):
 		it.state = done
 		c.stats.Filtered++
 		return
@@ -669,9 +675,8 @@ func (c *core) release(b *batch) { c.releaseKeys(b, true) }
 // a drained batch with its key's skipped events, and a blocked key's queue
 // goes on after a replayed event too (its drain may have stopped at it).
 func (c *core) releaseKeys(b *batch, drain bool) {
-	if !c.cfg.Ordering {
-		return
-	}
+	// Without ordering a key has state only while a stored barrier drains
+	// (newCore): then its queue goes on as an ordered one's does.
 	for _, it := range b.items {
 		ks := c.keys[it.key]
 		if ks == nil {
@@ -1257,6 +1262,16 @@ func (c *core) loadEntry(e *engine.Entry, now time.Time) *item {
 	}
 	full := newItem(&rec)
 	it.buf, it.ev, it.size = full.buf, full.ev, full.size
+	if c.refuses(&rec) {
+		// Stored though the filters refuse it (stragglers requeued by
+		// engine.Recover for every destination, or filters changed since):
+		// settled as filtered, never sent.
+		c.stats.Filtered++
+		c.txn.Succeed(it.seq)
+		c.flush(now, true) // committed before anything lists the entry again
+		c.afterEntryFinal(it, now)
+		return nil
+	}
 	if now.Sub(time.Unix(0, it.ev.ReceivedAt)) > c.pol.MaxAge {
 		c.stats.Expired++
 		c.abort(it, Result{}, fmt.Sprintf("expired: older than max_age %v", c.pol.MaxAge), now)
@@ -1272,8 +1287,11 @@ func (c *core) loadEntry(e *engine.Entry, now time.Time) *item {
 // afterEntryFinal continues a key's queue after an entry became final
 // without being sent.
 func (c *core) afterEntryFinal(it *item, now time.Time) {
-	if !c.cfg.Ordering || it.replayed {
+	if it.replayed {
 		return
+	}
+	if !c.cfg.Ordering && c.keys[it.key] == nil {
+		return // no stored barrier to drain (newCore)
 	}
 	ks := c.keyState(it.key)
 	c.queueDrain(ks)

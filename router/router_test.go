@@ -323,3 +323,100 @@ func TestRouterStatusWhileStopping(t *testing.T) {
 		}
 	}
 }
+
+// A destination without per-user order still drains a key's stored
+// barrier (its ordering turned off since, or stragglers that engine.Recover
+// requeued behind one): the failed head and the skipped events behind it
+// are delivered, in order, and the barrier lifts.
+func TestRouterUnorderedDrainsStoredBarrier(t *testing.T) {
+	r := newRig(t)
+	var recs []engine.Record
+	for range 3 {
+		r.add("u1")
+	}
+	rd, err := r.eng.NewReader(1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err = rd.Next(recs, 10)
+	rd.Close()
+	if err != nil || len(recs) != 3 {
+		t.Fatalf("read %d records: %v", len(recs), err)
+	}
+	tx := r.cons.Begin()
+	for i, rec := range recs {
+		en := engine.Entry{Seq: rec.Seq, Pos: rec.Pos, Key: rec.Key, ReceivedAt: rec.ReceivedAt, State: engine.StateSkipped}
+		if i == 0 {
+			en.State, en.DueAt = engine.StateFailed, time.Now().UnixNano()
+			tx.SetBarrier(rec.Key, rec.Seq)
+		}
+		tx.Put(en)
+	}
+	tx.Advance(recs[2].Seq+1, 0)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	dest, err := webhook.New(webhook.Config{URL: r.sink.srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := router.New(router.Config{Name: "hook", Ordering: false, Logger: quiet}, r.eng, r.cons, dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	stop := run(t, rt)
+	r.waitFor("the stored entries delivered", func() bool {
+		n := 0
+		r.cons.Barriers(func([]byte, uint64) error { n++; return nil })
+		return r.settled() && n == 0
+	})
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	r.checkDelivered(nil)
+}
+
+// A stored entry whose event the destination's filters refuse (stragglers
+// engine.Recover requeued for every destination, or filters changed since)
+// is settled as filtered, never sent.
+func TestRouterStoredEntryFiltered(t *testing.T) {
+	r := newRig(t)
+	r.add("u1")
+	rd, err := r.eng.NewReader(1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := rd.Next(nil, 10)
+	rd.Close()
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("read %d records: %v", len(recs), err)
+	}
+	tx := r.cons.Begin()
+	tx.Put(engine.Entry{Seq: recs[0].Seq, Pos: recs[0].Pos, Key: recs[0].Key, ReceivedAt: recs[0].ReceivedAt,
+		State: engine.StateFailed, DueAt: time.Now().UnixNano()})
+	tx.Advance(recs[0].Seq+1, 0)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	dest, err := webhook.New(webhook.Config{URL: r.sink.srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := router.New(router.Config{Name: "hook", Ordering: true, Events: []string{"identify"}, Logger: quiet}, r.eng, r.cons, dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	stop := run(t, rt)
+	r.waitFor("the stored entry settled", r.settled)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.sink.delivered(); len(got) != 0 {
+		t.Fatalf("delivered %v, want nothing (the filters refuse track)", got)
+	}
+	if st := rt.Status(); st.Counters.Filtered != 1 {
+		t.Fatalf("filtered %d, want 1", st.Counters.Filtered)
+	}
+}
