@@ -31,6 +31,7 @@
 //	  log/0000000001.seg   segment files (segment.go: header; record.go: frames)
 //	  log/0000000002.seg
 //	  log/aside/           files Recover set aside (never deleted)
+//	  log/stragglers/0000000003.stg  frames moved out of a deleted segment (stragglers.go)
 //	  index/               Pebble (keys.go: key layout)
 //	  dedup/0000000000000001.run  dedup runs: sorted keys of one generation (dedupruns.go)
 //	  reserve              room for the index on a full disk (diskfull.go)
