@@ -75,7 +75,8 @@
 // A sealed segment is deleted whole once every cursor is past it. Entries
 // that still need one of its events (stragglers) first get a copy of the
 // frame in the index, in the same synced batch that drops the segment from
-// the manifest. Up to two deleted segments' files are kept, and one becomes
+// the manifest, and in a straggler file synced before it (so that a lost
+// index does not take the only copy with it). Up to two deleted segments' files are kept, and one becomes
 // the next segment's file, renamed ahead of time (spare.go): overwriting
 // blocks is cheaper to fsync than allocating them, and a rotation only
 // writes a header and the synced manifest batch.
