@@ -253,7 +253,10 @@ const (
 	// adopted): a resend within the dedup window is stored and
 	// delivered again (DESIGN.md guarantee 3).
 	KnownRecoverDedup
-	// KnownStragglerLoss (BUG-STRAGGLER-LOSS): the only copy of a
+	// KnownStragglerLoss (BUG-STRAGGLER-LOSS, partly fixed: straggler
+	// files keep a copy outside the index and Recover requeues them; seed
+	// 45 still loses events across repeated index losses, not yet
+	// diagnosed). As found: the only copy of a
 	// pending event whose segment was reclaimed (a straggler: failed,
 	// skipped or aborted entry; a paused destination's whole backlog
 	// after a graceful stop) lives in the index. When Recover cannot keep
