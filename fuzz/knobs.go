@@ -254,9 +254,11 @@ const (
 	// delivered again (DESIGN.md guarantee 3).
 	KnownRecoverDedup
 	// KnownStragglerLoss (BUG-STRAGGLER-LOSS, partly fixed: straggler
-	// files keep a copy outside the index and Recover requeues them; seed
-	// 45 still loses events across repeated index losses, not yet
-	// diagnosed). As found: the only copy of a
+	// files keep a copy outside the index and Recover requeues them. Seed
+	// 45 still loses events: an index that lost its WAL names a reclaimed
+	// segment, Open reports its seqs lost, reclaim removes their straggler
+	// file as spent, and a later loss of the index folder takes the lost
+	// set too). As found: the only copy of a
 	// pending event whose segment was reclaimed (a straggler: failed,
 	// skipped or aborted entry; a paused destination's whole backlog
 	// after a graceful stop) lives in the index. When Recover cannot keep
