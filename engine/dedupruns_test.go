@@ -431,15 +431,7 @@ func TestDedupDamagedRunDropped(t *testing.T) {
 	if err != nil || e.Stats().DedupRuns != 1 {
 		t.Fatalf("sync: %v, %d runs", err, e.Stats().DedupRuns)
 	}
-	names, _ := fs.List("/data/dedup")
-	f, err := fs.OpenReadWrite("/data/dedup/"+names[0], vfs.WriteCategoryUnspecified)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff}, 100); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	damageOnlyRun(t, fs)
 	// Resend one event at a time until a lookup meets the damage; the
 	// events not resent yet had their keys only in the dropped run.
 	k := 0
@@ -482,18 +474,7 @@ func TestDedupDamagedRunRebuiltAtOpen(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	names, _ := fs.List("/data/dedup")
-	if len(names) != 1 {
-		t.Fatalf("dedup files %v, want one run", names)
-	}
-	f, err := fs.OpenReadWrite("/data/dedup/"+names[0], vfs.WriteCategoryUnspecified)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff}, 100); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	damageOnlyRun(t, fs)
 	logs := &logCapture{}
 	o.Logger = logs.logger()
 	e, err = Open(o)
@@ -571,4 +552,22 @@ func TestDedupMergeDropsDamagedInput(t *testing.T) {
 	if res, err := e.Append(context.Background(), recsFor(second)); err != nil || res.Duplicates != len(second) {
 		t.Fatalf("re-append of the undamaged run's events: %+v %v", res, err)
 	}
+}
+
+// damageOnlyRun overwrites four bytes of the first block of the one dedup
+// run in /data/dedup.
+func damageOnlyRun(t *testing.T, fs vfs.FS) {
+	t.Helper()
+	names, _ := fs.List("/data/dedup")
+	if len(names) != 1 {
+		t.Fatalf("dedup files %v, want one run", names)
+	}
+	f, err := fs.OpenReadWrite("/data/dedup/"+names[0], vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0xff, 0xff, 0xff, 0xff}, 100); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
 }

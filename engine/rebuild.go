@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -501,42 +500,9 @@ func copyDir(fs vfs.FS, dir, to string) error {
 		if st, err := fs.Stat(src); err != nil || st.IsDir() {
 			continue
 		}
-		if err := copyFile(fs, src, fs.PathJoin(to, n)); err != nil {
-			return err
+		if err := vfs.Copy(fs, src, fs.PathJoin(to, n)); err != nil {
+			return fmt.Errorf("cannot copy %s: %w", src, err)
 		}
 	}
 	return syncDir(fs, to)
-}
-
-func copyFile(fs vfs.FS, src, dst string) error {
-	in, err := fs.Open(src)
-	if err != nil {
-		return fmt.Errorf("cannot open %s: %w", src, err)
-	}
-	defer in.Close()
-	out, err := fs.Create(dst, vfs.WriteCategoryUnspecified)
-	if err != nil {
-		return fmt.Errorf("cannot create %s: %w", dst, err)
-	}
-	defer out.Close()
-	buf := make([]byte, 1<<20)
-	for off := int64(0); ; {
-		n, rerr := in.ReadAt(buf, off)
-		if n > 0 {
-			if _, err := out.Write(buf[:n]); err != nil {
-				return fmt.Errorf("cannot write %s: %w", dst, err)
-			}
-			off += int64(n)
-		}
-		if errors.Is(rerr, io.EOF) {
-			break
-		}
-		if rerr != nil {
-			return fmt.Errorf("cannot read %s: %w", src, rerr)
-		}
-	}
-	if err := out.Sync(); err != nil {
-		return fmt.Errorf("cannot sync %s: %w", dst, err)
-	}
-	return nil
 }

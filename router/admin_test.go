@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,15 +20,6 @@ import (
 	"github.com/sluice-cdi/sluice/engine"
 	"github.com/sluice-cdi/sluice/router"
 )
-
-// adminDest counts the events it is sent and takes them all.
-type adminDest struct{ sent atomic.Int64 }
-
-func (d *adminDest) Send(_ context.Context, evs []router.Event) router.Result {
-	d.sent.Add(int64(len(evs)))
-	return router.Result{Status: 200}
-}
-func (d *adminDest) Close() error { return nil }
 
 // adminEngine is an in-memory engine.
 func adminEngine(t *testing.T) *engine.Engine {
@@ -85,7 +75,7 @@ func TestAdminBearerToken(t *testing.T) {
 	var logs bytes.Buffer
 	var logMu sync.Mutex
 	logger := slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	a, err := router.NewAdmin(eng, []*router.Router{adminRouter(t, eng, &adminDest{})}, router.AdminOptions{Token: token, Logger: logger})
+	a, err := router.NewAdmin(eng, []*router.Router{adminRouter(t, eng, &countDest{})}, router.AdminOptions{Token: token, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +189,7 @@ func TestAdminPausedPersists(t *testing.T) {
 	}
 
 	// First run: paused through the API, then an event arrives.
-	dest1 := &adminDest{}
+	dest1 := &countDest{}
 	rt1 := adminRouter(t, eng, dest1)
 	a1, err := router.NewAdmin(eng, []*router.Router{rt1}, router.AdminOptions{PausedPath: path, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -218,7 +208,7 @@ func TestAdminPausedPersists(t *testing.T) {
 
 	// Restart: a new router over the same log starts paused and sends
 	// nothing (Kick returns once the loop has stepped over the event).
-	dest2 := &adminDest{}
+	dest2 := &countDest{}
 	rt2 := adminRouter(t, eng, dest2)
 	a2, err := router.NewAdmin(eng, []*router.Router{rt2}, router.AdminOptions{PausedPath: path, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -231,14 +221,14 @@ func TestAdminPausedPersists(t *testing.T) {
 	if err := rt2.Kick(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if st := rt2.Status(); st.State != "paused" || st.Counters.Requests != 0 || dest1.sent.Load()+dest2.sent.Load() != 0 {
-		t.Fatalf("after restart: %+v, %d sent", st, dest1.sent.Load()+dest2.sent.Load())
+	if st := rt2.Status(); st.State != "paused" || st.Counters.Requests != 0 || dest1.n.Load()+dest2.n.Load() != 0 {
+		t.Fatalf("after restart: %+v, %d sent", st, dest1.n.Load()+dest2.n.Load())
 	}
 	call(a2, "resume")
 	if got := fileSays(); got != `{"paused":[]}` {
 		t.Fatalf("paused file after resume: %s", got)
 	}
-	for dest2.sent.Load() != 1 { // the test's deadline bounds this
+	for dest2.n.Load() != 1 { // the test's deadline bounds this
 		time.Sleep(time.Millisecond)
 	}
 
