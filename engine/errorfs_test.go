@@ -629,3 +629,42 @@ func TestErrorFSDedupIndexBatchFailure(t *testing.T) {
 		t.Fatalf("re-append after reopen: %+v %v", res, err)
 	}
 }
+
+// TestErrorFSStragglerFileFailure fails the straggler file's writes: reclaim
+// still deletes the segment (a full disk must not stop it), says so, and
+// the index keeps the straggler.
+func TestErrorFSStragglerFileFailure(t *testing.T) {
+	f := newFaultFS(func(op errorfs.Op) bool {
+		return strings.HasSuffix(op.Path, stragglerExt) && opIs(op, errorfs.OpFileWrite, errorfs.OpFileSync)
+	})
+	logs := &logCapture{}
+	o := crashOptions(f.fs, logs.logger())
+	e, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	c := consumerOf(t, e, "c")
+	ids := appendIDs(t, e, "a", 0, 600, 30)
+	all := expectLog(t, e, 1, ids)
+	victim := all[5]
+	tx := c.Begin()
+	tx.Put(Entry{Seq: victim.Seq, Pos: victim.Pos, State: StateFailed, Key: victim.Key, ReceivedAt: victim.ReceivedAt, DueAt: 1})
+	tx.Advance(e.LastSeq()+1, 0)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	f.toggle.On()
+	n, err := e.Reclaim()
+	f.toggle.Off()
+	if err != nil || n == 0 || f.hits.Load() == 0 {
+		t.Fatalf("reclaim: %d segments, %v, %d injected faults", n, err, f.hits.Load())
+	}
+	if !strings.Contains(logs.all(), "cannot keep a copy of stragglers") {
+		t.Fatalf("the failed straggler file was not logged:\n%s", logs.all())
+	}
+	rec, err := e.Read(victim.Seq, victim.Pos)
+	if err != nil || string(rec.MessageID) != string(victim.MessageID) {
+		t.Fatalf("read of the straggler from the index: %v %q", err, rec.MessageID)
+	}
+}
