@@ -122,6 +122,9 @@ type core struct {
 	rate            *bucket
 	throttledUntil  time.Time
 	paused          bool
+	// pausedBy is why the destination paused itself (Result.Pause), nil
+	// when it did not.
+	pausedBy error
 	// spillAt is when the in-flight head of a full window becomes slow
 	// enough to spill (advance), zero when none waits.
 	spillAt time.Time
@@ -479,6 +482,10 @@ func (c *core) expire(it *item, now time.Time) bool {
 func (c *core) complete(b *batch, now time.Time) {
 	c.inFlight--
 	res := b.res
+	if res.Pause {
+		c.pauseSelf(b, now)
+		return
+	}
 	out := c.pol.classify(res)
 	var named []outcome // per item, for a partial answer (see completePartial)
 	var own []Result
@@ -495,6 +502,20 @@ func (c *core) complete(b *batch, now time.Time) {
 		return
 	}
 	c.apply(b, out, now)
+}
+
+// pauseSelf applies an answer that pauses the destination (Result.Pause):
+// the batch goes back uncharged and nothing more is sent until Resume.
+func (c *core) pauseSelf(b *batch, now time.Time) {
+	why := b.res.Err
+	if why == nil {
+		why = fmt.Errorf("the destination asked to pause (status %d)", b.res.Status)
+	}
+	if !c.paused {
+		c.logger.Error("destination paused until an operator resumes it", "destination", c.cfg.Name, "err", why)
+	}
+	c.paused, c.pausedBy = true, why
+	c.requeue(b, false, now)
 }
 
 // namedOutcomes reads a partial answer: per item of the batch, the outcome

@@ -36,6 +36,11 @@ type Result struct {
 	// stands for the rest. Only a definite answer (success or refusal)
 	// can carry it.
 	Rejected []Rejection
+	// Pause means the destination can take nothing until an operator acts
+	// (credentials refused, permission denied on the whole target): the
+	// router pauses it, charging nothing, and puts the batch back. Err says
+	// why; the status shows it until the destination is resumed.
+	Pause bool
 }
 
 // Rejection is one event of a batch the destination refused.

@@ -92,7 +92,7 @@ func (r *Router) Pause(ctx context.Context) error {
 
 // Resume undoes Pause.
 func (r *Router) Resume(ctx context.Context) error {
-	return r.do(ctx, func(c *core) { c.paused = false })
+	return r.do(ctx, func(c *core) { c.paused, c.pausedBy = false, nil })
 }
 
 // Kick makes the router look for due retries now (after a replay).
@@ -230,8 +230,11 @@ func (r *Router) publish() {
 	if c.health.state != Healthy {
 		st.BackoffUntil = c.health.until
 	}
-	if c.err != nil {
+	switch {
+	case c.err != nil:
 		st.Error = c.err.Error()
+	case c.pausedBy != nil:
+		st.Error = c.pausedBy.Error()
 	}
 	r.status.Store(st)
 }

@@ -420,3 +420,67 @@ func TestRouterStoredEntryFiltered(t *testing.T) {
 		t.Fatalf("filtered %d, want 1", st.Counters.Filtered)
 	}
 }
+
+// pausingDest pauses itself (Result.Pause) while refuse is set, and
+// otherwise delivers to the sink's webhook.
+type pausingDest struct {
+	router.Destination
+	refuse atomic.Bool
+	calls  atomic.Int64
+}
+
+func (d *pausingDest) Send(ctx context.Context, evs []router.Event) router.Result {
+	if d.refuse.Load() {
+		d.calls.Add(1)
+		return router.Result{Pause: true, Err: fmt.Errorf("permission denied for schema analytics")}
+	}
+	return d.Destination.Send(ctx, evs)
+}
+
+// A destination that answers Pause stops the router with its reason in
+// the status, charges nothing, and delivers everything once resumed.
+func TestRouterDestinationPauses(t *testing.T) {
+	r := newRig(t)
+	hook, err := webhook.New(webhook.Config{URL: r.sink.srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := &pausingDest{Destination: hook}
+	dest.refuse.Store(true)
+	rt, err := router.New(router.Config{Name: "hook", Ordering: true, ConcurrencyInitial: 8, Logger: quiet,
+		Policy: router.Policy{MinAttempts: 1, BackoffInitial: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond}},
+		r.eng, r.cons, dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	stop := run(t, rt)
+	for i := range 20 {
+		r.add(fmt.Sprintf("u%d", i%4))
+	}
+	r.waitFor("the destination paused", func() bool { return rt.Status().State == "paused" })
+	st := rt.Status()
+	if !strings.Contains(st.Error, "permission denied") {
+		t.Errorf("status error %q, want the destination's reason", st.Error)
+	}
+	calls := dest.calls.Load()
+	time.Sleep(100 * time.Millisecond) // paused: nothing more is sent (a negative check; the positive one follows)
+	if n := dest.calls.Load(); n != calls {
+		t.Errorf("%d sends while paused", n-calls)
+	}
+	if st.Counters.Failed != 0 || st.Counters.Aborted != 0 || r.cons.Count(engine.StateAborted) != 0 {
+		t.Errorf("pausing charged events: %+v", st.Counters)
+	}
+	dest.refuse.Store(false)
+	if err := rt.Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor("every event delivered", r.settled)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if st := rt.Status(); st.Error != "" || st.Counters.Delivered != 20 {
+		t.Errorf("after resume: %+v", st)
+	}
+	r.checkDelivered(nil)
+}

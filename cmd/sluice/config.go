@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"net/url"
 	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
@@ -68,7 +66,7 @@ type Destination struct {
 	Events   []string `yaml:"events"`
 	Ordering *bool    `yaml:"ordering"` // default true
 	// BatchSize: events per request (webhook: more than 1 sends a JSON
-	// array), at most 10,000. Default 1 for webhook, 100 for file.
+	// array), at most 10,000. The default is the type's (destTypes).
 	BatchSize int `yaml:"batch_size"`
 	// Concurrency caps requests in flight. Default 64.
 	Concurrency int `yaml:"concurrency"`
@@ -82,13 +80,11 @@ type Destination struct {
 	WindowEvents int         `yaml:"window_events"`
 	WindowBytes  int         `yaml:"window_bytes"`
 	Retry        RetryConfig `yaml:"retry"`
-	// Config holds the type's own settings (webhook: url, method, headers,
-	// secret; file: path, max_bytes, max_age, compress), checked and
-	// decoded into webhook or file by complete.
-	Config  yaml.Node `yaml:"config"`
-	line    int
-	webhook *WebhookConfig
-	file    *FileConfig
+	// Config holds the type's own settings, checked and decoded by the
+	// type's complete (destTypes) into typed.
+	Config yaml.Node `yaml:"config"`
+	line   int
+	typed  destConfig
 }
 
 // RetryConfig is a destination's retry block (see router.Policy).
@@ -110,25 +106,6 @@ type RetryConfig struct {
 // failure ratio looks at (router.Policy.HealthWindow); failure_min cannot
 // exceed it.
 const healthWindow = 20
-
-// WebhookConfig is a webhook destination's config block.
-type WebhookConfig struct {
-	URL     string            `yaml:"url"`    // absolute http(s) URL; required
-	Method  string            `yaml:"method"` // default POST
-	Headers map[string]string `yaml:"headers"`
-	Secret  string            `yaml:"secret"`
-	// PartialFailures: the endpoint may name the events of a batch it
-	// refuses and take the rest (see webhook.Config.PartialFailures).
-	PartialFailures bool `yaml:"partial_failures"`
-}
-
-// FileConfig is a file destination's config block.
-type FileConfig struct {
-	Path     string        `yaml:"path"`      // required; unique among file destinations
-	MaxBytes int64         `yaml:"max_bytes"` // default 64 MiB
-	MaxAge   time.Duration `yaml:"max_age"`   // default 1h
-	Compress bool          `yaml:"compress"`  // zstd; adds .zst to the path
-}
 
 // IngestConfig tunes the gateway (see ingest.Options).
 type IngestConfig struct {
@@ -415,9 +392,9 @@ func (c *Config) complete(k *checker) error {
 	c.completeTop(k)
 	c.completeSources(k)
 	names := map[string]int{}
-	files := map[string]string{} // file destination's absolute path -> its key
+	claims := claims{}
 	for i := range c.Destinations {
-		c.completeDestination(k, i, names, files)
+		c.completeDestination(k, i, names, claims)
 	}
 	c.completeIngest(k)
 	c.completeEngine(k)
@@ -474,7 +451,7 @@ func (c *Config) completeSources(k *checker) {
 	}
 }
 
-func (c *Config) completeDestination(k *checker, i int, names map[string]int, files map[string]string) {
+func (c *Config) completeDestination(k *checker, i int, names map[string]int, claims claims) {
 	d, p := &c.Destinations[i], fmt.Sprintf("destinations[%d]", i)
 	d.line = k.line(p)
 	switch {
@@ -482,8 +459,8 @@ func (c *Config) completeDestination(k *checker, i int, names map[string]int, fi
 		k.failf(p+".name", "a destination needs a name")
 	case names[d.Name] != 0:
 		k.failf(p+".name", "%q is already the name of the destination on line %d", d.Name, names[d.Name])
-	case d.Type != "webhook" && d.Type != "file":
-		k.failf(p+".type", "want webhook or file, got %q", d.Type)
+	case destTypes[d.Type].complete == nil:
+		k.failf(p+".type", "want one of %s, got %q", strings.Join(destTypeNames(), ", "), d.Type)
 	}
 	names[d.Name] = d.line
 	for j, s := range d.Sources {
@@ -500,11 +477,8 @@ func (c *Config) completeDestination(k *checker, i int, names map[string]int, fi
 		d.Ordering = new(bool)
 		*d.Ordering = true
 	}
-	batch := 1
-	if d.Type == "file" {
-		batch = 100
-	}
-	count(k, &d.BatchSize, p+".batch_size", batch)
+	dt := destTypes[d.Type]
+	count(k, &d.BatchSize, p+".batch_size", max(dt.batch, 1))
 	if d.BatchSize > 10_000 {
 		k.failf(p+".batch_size", "must be at most 10000 (got %s)", k.raw(p+".batch_size"))
 	}
@@ -522,11 +496,8 @@ func (c *Config) completeDestination(k *checker, i int, names map[string]int, fi
 		k.failf(p+".window_bytes", "must be at most 1073741824 (got %s)", k.raw(p+".window_bytes"))
 	}
 	d.Retry.complete(k, p+".retry")
-	switch d.Type {
-	case "webhook":
-		d.webhook = completeWebhook(k, &d.Config, p+".config")
-	case "file":
-		d.file = completeFile(k, &d.Config, p+".config", files)
+	if dt.complete != nil {
+		d.typed = dt.complete(k, &d.Config, p+".config", claims)
 	}
 }
 
@@ -580,61 +551,6 @@ func (r *RetryConfig) complete(k *checker, p string) {
 			listedIn[s] = l.name
 		}
 	}
-}
-
-// completeWebhook checks and decodes a webhook's config block.
-func completeWebhook(k *checker, n *yaml.Node, p string) *WebhookConfig {
-	var w WebhookConfig
-	if !decodeBlock(k, n, p, &w) {
-		return nil
-	}
-	if w.URL == "" {
-		k.failf(p+".url", "a webhook needs a url")
-	} else if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		k.failf(p+".url", "want an absolute http:// or https:// URL, got %q", w.URL)
-	}
-	if w.Method == "" {
-		w.Method = "POST"
-	} else if strings.TrimFunc(w.Method, func(r rune) bool { return r >= 'A' && r <= 'Z' }) != "" {
-		k.failf(p+".method", "want an HTTP method in capitals such as POST or PUT, got %q", w.Method)
-	}
-	for name, v := range w.Headers {
-		if name == "" || strings.ContainsFunc(name, func(r rune) bool { return r <= ' ' || r == ':' || r >= 0x7f }) {
-			k.failf(p+".headers."+name, "not a valid header name")
-		} else if strings.ContainsAny(v, "\r\n") { // the value may be a secret: never echoed
-			k.failf(p+".headers."+name, "a header value must be one line")
-		}
-	}
-	return &w
-}
-
-// completeFile checks and decodes a file destination's config block;
-// files maps each file destination's absolute path to its key.
-func completeFile(k *checker, n *yaml.Node, p string, files map[string]string) *FileConfig {
-	var f FileConfig
-	if !decodeBlock(k, n, p, &f) {
-		return nil
-	}
-	count(k, &f.MaxBytes, p+".max_bytes", 64<<20)
-	duration(k, &f.MaxAge, p+".max_age", time.Hour)
-	if strings.TrimSpace(f.Path) == "" {
-		k.failf(p+".path", "a file destination needs a path")
-		return &f
-	}
-	eff := f.Path // as filedest.New opens it
-	if f.Compress && !strings.HasSuffix(eff, ".zst") {
-		eff += ".zst"
-	}
-	abs, err := filepath.Abs(eff)
-	if err != nil {
-		k.failf(p+".path", "cannot resolve %q: %v", f.Path, err)
-		return &f
-	}
-	if other, dup := files[abs]; dup {
-		k.failf(p+".path", "%s is also the file of %s (line %d)", abs, strings.TrimSuffix(other, ".config.path"), k.line(other))
-	}
-	files[abs] = p + ".path"
-	return &f
 }
 
 // decodeBlock checks a destination's config block against v's type, then

@@ -6,8 +6,6 @@ import (
 
 	"github.com/sluice-cdi/sluice/engine"
 	"github.com/sluice-cdi/sluice/router"
-	"github.com/sluice-cdi/sluice/router/filedest"
-	"github.com/sluice-cdi/sluice/router/webhook"
 )
 
 // buildRouters creates each configured destination and its router. cfg is
@@ -73,15 +71,8 @@ func buildRouters(cfg *Config, eng *engine.Engine, log *slog.Logger) ([]*router.
 }
 
 func buildDestination(d *Destination, log *slog.Logger) (router.Destination, error) {
-	switch {
-	case d.webhook != nil:
-		c := d.webhook
-		return webhook.New(webhook.Config{URL: c.URL, Method: c.Method, Headers: c.Headers, Secret: c.Secret,
-			Batch: d.BatchSize > 1, Timeout: d.Timeout, PartialFailures: c.PartialFailures})
-	case d.file != nil:
-		c := d.file
-		return filedest.New(filedest.Config{Path: c.Path, MaxBytes: c.MaxBytes, MaxAge: c.MaxAge, Compress: c.Compress,
-			Logger: log.With("component", "file", "destination", d.Name)})
+	if d.typed == nil {
+		return nil, fmt.Errorf("BUG: destination %q of type %q was not checked", d.Name, d.Type)
 	}
-	return nil, fmt.Errorf("BUG: destination %q of type %q was not checked", d.Name, d.Type)
+	return d.typed.build(d, log)
 }
