@@ -152,7 +152,31 @@ func (e *Engine) recover() error {
 	if err := e.loadConsumers(); err != nil {
 		return err
 	}
+	if err := e.requeueRestored(); err != nil {
+		return err
+	}
 	e.refreshDiskUsage()
+	return nil
+}
+
+// requeueRestored makes the stragglers dropMissing restored pending again
+// for each consumer whose cursor is older than the log: the index lost its
+// newest writes, so it cannot tell which of them the consumer delivered
+// since. They are delivered again (at least once), never skipped.
+func (e *Engine) requeueRestored() error {
+	if len(e.restored) == 0 {
+		return nil
+	}
+	e.segMu.RLock()
+	first := e.segments[0].baseSeq
+	e.segMu.RUnlock()
+	now := e.opts.Now().UnixNano()
+	for _, c := range e.Consumers() {
+		if err := requeueStragglers(c, e.restored, first, now); err != nil {
+			return err
+		}
+	}
+	e.restored = nil
 	return nil
 }
 
