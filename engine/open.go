@@ -277,8 +277,11 @@ func (e *Engine) recoverDedup() error {
 	if len(e.segments) > 0 {
 		from = max(from, e.segments[0].baseSeq)
 	}
+	// Every record through hwm has its key in a run or replayed: the keys
+	// are indexed through it once those are written, even where the last
+	// records carried no key (the checkpoint moves only with keys).
 	if from > e.hwm.Load() {
-		return nil
+		return e.dedup.commitThrough(e.dedup.mark(), e.hwm.Load(), now)
 	}
 	r, err := e.NewReader(from, 0)
 	if err != nil {
@@ -295,7 +298,7 @@ func (e *Engine) recoverDedup() error {
 			return fmt.Errorf("cannot replay log for dedup: %w", err)
 		}
 		if len(recs) == 0 {
-			return nil
+			return e.dedup.commitThrough(e.dedup.mark(), e.hwm.Load(), now)
 		}
 		for i := range recs {
 			if recs[i].Seq > ckpt {
