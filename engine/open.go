@@ -168,7 +168,10 @@ func (e *Engine) requeueRestored() error {
 		return nil
 	}
 	e.segMu.RLock()
-	first := e.segments[0].baseSeq
+	first := e.nextSeq // no segment: opened on a full disk (diskfull.go)
+	if len(e.segments) > 0 {
+		first = e.segments[0].baseSeq
+	}
 	e.segMu.RUnlock()
 	now := e.opts.Now().UnixNano()
 	for _, c := range e.Consumers() {
