@@ -26,7 +26,7 @@ func TestTemplateSubjects(t *testing.T) {
 		{"events.{event}", ev("web", "identify", "u1", `{"traits":{}}`), "events._"},
 		{"events.{event}", ev("web", "track", "u1", `{"event":42}`), "events._"},
 		{"events.{event}", ev("web", "track", "u1", `not json "event"`), "events._"},
-		{"events.{event}", ev("web", "track", "u1", `{"event":"` + long + `"}`), "events." + long[:tokenBytesMax]},
+		{"events.{event}", ev("web", "track", "u1", `{"event":"`+long+`"}`), "events." + long[:tokenBytesMax]},
 		{"events.{event}", ev("web", "track", "u1", `{"event":"café"}`), "events.caf__"},
 		{"e.{source}", ev("", "track", "u1", `{}`), "e._"},
 		{"e.v1-{type}-x", ev("web", "track", "u1", `{}`), "e.v1-track-x"},
