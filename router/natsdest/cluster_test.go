@@ -26,8 +26,21 @@ func TestClusterNodeKilled(t *testing.T) {
 	srvs := startCluster(t, 3)
 	_, js := connect(t, srvs[0].url)
 	name := uniqueName(t)
-	makeStream(t, js, jetstream.StreamConfig{Name: name, Subjects: []string{name + ".>"}, Replicas: 3,
-		Duplicates: 10 * time.Minute})
+	// The meta leader may know fewer than three peers yet: retry until the
+	// R3 stream can be placed.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{name + ".>"}, Replicas: 3,
+			Duplicates: 10 * time.Minute})
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cannot create the R3 stream: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	d := newDest(t, Config{URLs: urls(srvs), Stream: name, Subject: name + ".{source}.{key_hash:8}",
 		Timeout: 3 * time.Second, ConnectTimeout: time.Second})
 

@@ -33,6 +33,7 @@ type conn struct {
 	cfg  *Config
 	log  *slog.Logger
 	deny *denials
+	acks *acks
 
 	mu struct {
 		sync.Mutex
@@ -99,10 +100,19 @@ func (c *conn) dial(ctx context.Context) (*session, error) {
 		return nil, fmt.Errorf("cannot connect to NATS at %s: %w", strings.Join(c.cfg.URLs, ","), err)
 	}
 	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(c.cfg.MaxPending),
+		// Send bounds pending publishes at MaxPending, freeing a slot when it
+		// gives up on an ack; the client keeps such a publish pending until
+		// its own ack timeout, so its bound, a backstop, is higher.
+		jetstream.WithPublishAsyncMaxPending(2*c.cfg.MaxPending),
 		// Acks that never come (a publish lost with a leader) free their
 		// pending slot after this; Send has given up on them by then.
-		jetstream.WithPublishAsyncTimeout(c.cfg.Timeout))
+		jetstream.WithPublishAsyncTimeout(c.cfg.Timeout),
+		jetstream.WithPublishAsyncAckHandler(func(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) {
+			c.acks.done(m, ack, nil)
+		}),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			c.acks.done(m, nil, err)
+		}))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("cannot open JetStream: %w", err)

@@ -29,7 +29,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -108,6 +107,7 @@ type Dest struct {
 	conn    *conn
 	stream  streamCheck
 	noRetry jetstream.PublishOpt
+	acks    *acks
 
 	delivered, duplicates, refused, failed atomic.Uint64
 }
@@ -149,8 +149,9 @@ func New(cfg Config) (*Dest, error) {
 		setDefault(&c.Replicas, 1)
 		setDefault(&c.DuplicateWindow, 2*time.Minute)
 	}
-	d := &Dest{cfg: cfg, tmpl: tmpl, log: cfg.Logger, noRetry: jetstream.WithRetryAttempts(0)}
-	d.conn = &conn{cfg: &d.cfg, log: d.log, deny: newDenials()}
+	d := &Dest{cfg: cfg, tmpl: tmpl, log: cfg.Logger, noRetry: jetstream.WithRetryAttempts(0),
+		acks: &acks{pending: make(chan struct{}, cfg.MaxPending)}}
+	d.conn = &conn{cfg: &d.cfg, log: d.log, deny: newDenials(), acks: d.acks}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.ConnectTimeout)
 	defer cancel()
 	if s, err := d.conn.get(ctx); err != nil {
@@ -199,13 +200,9 @@ func (d *Dest) Send(ctx context.Context, events []router.Event) router.Result {
 		return router.Result{Err: fmt.Errorf("nats: %w", err)}
 	}
 	deadline, _ := ctx.Deadline()
-	p := &pub{d: d, s: s, events: events, outs: make([]outcome, len(events)),
+	p := &pub{d: d, s: s, events: events, runs: runsByKey(events), outs: make([]outcome, len(events)),
 		opts: []jetstream.PublishOpt{d.noRetry, jetstream.WithStallWait(max(time.Until(deadline), time.Millisecond))}}
-	var wg sync.WaitGroup
-	for _, run := range runsByKey(events) {
-		wg.Go(func() { p.run(ctx, run) })
-	}
-	wg.Wait()
+	p.publishAll(ctx)
 	return d.result(p.outs)
 }
 

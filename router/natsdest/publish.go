@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,7 +17,8 @@ import (
 type state uint8
 
 const (
-	stateAcked   state = iota // stored (or a duplicate of a stored one)
+	stateWaiting state = iota // published, no answer yet (or not published yet)
+	stateAcked                // stored (or a duplicate of a stored one)
 	stateRefused              // refused for good: status is 4xx
 	stateFailed               // not acked: retry (status 503)
 	statePaused               // the destination cannot take anything: pause
@@ -41,68 +43,188 @@ func (o outcome) reason() string {
 	return "unknown"
 }
 
-// pub is one Send's publishing: runs of one user's events go in parallel,
-// each run in order (see the package doc).
+// answer is the client's word on one publish: an ack or an error. The
+// client's ack and error handlers (acks.done) deliver it to the Send that
+// published, through that Send's channel.
+type answer struct {
+	run, idx int // the run (user) and the event
+	ack      *jetstream.PubAck
+	err      error
+}
+
+// waiter is a published message's Send: where its answer goes.
+type waiter struct {
+	ch       chan<- answer // buffered for every event of the Send: never blocks
+	run, idx int
+}
+
+// acks routes the client's answers to the Sends waiting for them, by
+// message. Every publish the client took gets exactly one answer (the
+// ack, or an error: the server's, a timeout after Config.Timeout, a lost
+// connection), also after its Send gave up, which frees its pending slot.
+type acks struct {
+	waiting sync.Map // *nats.Msg -> waiter
+	pending chan struct{}
+}
+
+// done is the client's ack and error handler.
+func (a *acks) done(m *nats.Msg, ack *jetstream.PubAck, err error) {
+	v, ok := a.waiting.LoadAndDelete(m)
+	if !ok {
+		return
+	}
+	<-a.pending
+	w := v.(waiter)
+	w.ch <- answer{run: w.run, idx: w.idx, ack: ack, err: err}
+}
+
+// pub is one Send's publishing (see the package doc): runs of one user's
+// events go in parallel, each run in order, one event in flight per run.
 type pub struct {
 	d      *Dest
 	s      *session
 	events []router.Event
-	outs   []outcome // by event index; each written by its run only
+	runs   [][]int   // event indexes per user, in batch order
+	next   []int     // per run, the position of its event in flight
+	outs   []outcome // by event index
+	subj   []string  // per run, the subject of its event in flight
+	sent   []time.Time
+	answer chan answer
 	opts   []jetstream.PublishOpt
+	buf    []byte
 }
 
-// run publishes one user's events in order, each after the previous one's
-// ack; after a failure the rest stay unsent and are named failed too.
-func (p *pub) run(ctx context.Context, idx []int) {
-	subj := make([]byte, 0, 64)
-	for n, i := range idx {
-		subj = p.d.tmpl.Subject(subj[:0], &p.events[i])
-		o := p.one(ctx, &p.events[i], string(subj))
-		p.outs[i] = o
-		if o.state == stateFailed || o.state == statePaused {
-			for _, j := range idx[n+1:] {
-				p.outs[j] = outcome{state: stateFailed, status: 503, err: o.err,
-					msg: "not sent: an earlier event of its user failed: " + o.reason()}
+// publishAll publishes every run's events, each after the previous one's
+// answer, until all are answered or ctx ends.
+func (p *pub) publishAll(ctx context.Context) {
+	p.answer = make(chan answer, len(p.events))
+	p.next = make([]int, len(p.runs))
+	p.subj = make([]string, len(p.runs))
+	p.sent = make([]time.Time, len(p.runs))
+	inFlight := 0
+	for r := range p.runs {
+		if p.start(ctx, r) {
+			inFlight++
+		}
+	}
+	denied := p.d.conn.deny.wait()
+	for inFlight > 0 {
+		select {
+		case a := <-p.answer:
+			if p.awaiting(a.run) != a.idx {
+				continue // settled meanwhile (refused by a permission error)
+			}
+			inFlight--
+			if p.settle(a.run, p.classify(ctx, a)) && p.start(ctx, a.run) {
+				inFlight++
+			}
+		case <-denied:
+			denied = p.d.conn.deny.wait()
+			for r := range p.runs {
+				if p.awaiting(r) < 0 {
+					continue
+				}
+				if msg, ok := p.d.conn.deny.since(p.subj[r], p.sent[r]); ok {
+					// Its answer (a timeout) will find it settled.
+					inFlight--
+					if p.settle(r, outcome{state: stateRefused, status: 403, msg: msg}) && p.start(ctx, r) {
+						inFlight++
+					}
+				}
+			}
+		case <-ctx.Done():
+			for r := range p.runs {
+				if p.awaiting(r) >= 0 {
+					p.settle(r, outcome{state: stateFailed, status: 503, ambiguous: true,
+						err: fmt.Errorf("no ack for the publish to %q: %w", p.subj[r], ctx.Err())})
+				}
 			}
 			return
 		}
 	}
 }
 
-// one publishes ev to subject and waits for its ack.
-func (p *pub) one(ctx context.Context, ev *router.Event, subject string) outcome {
+// awaiting is the event of run r awaiting its answer, or -1.
+func (p *pub) awaiting(r int) int {
+	if p.subj[r] == "" || p.next[r] >= len(p.runs[r]) {
+		return -1
+	}
+	return p.runs[r][p.next[r]]
+}
+
+// start publishes run r's next event, settling it (and the rest of the
+// run) if it cannot go; it reports whether an answer is now awaited.
+func (p *pub) start(ctx context.Context, r int) bool {
+	for p.next[r] < len(p.runs[r]) {
+		i := p.runs[r][p.next[r]]
+		p.buf = p.d.tmpl.Subject(p.buf[:0], &p.events[i])
+		p.subj[r] = string(p.buf)
+		o, sent := p.publish(ctx, r, i, p.subj[r])
+		if sent {
+			p.sent[r] = time.Now()
+			return true
+		}
+		if !p.settle(r, o) {
+			return false
+		}
+	}
+	return false
+}
+
+// settle records the outcome of run r's event in flight and reports
+// whether the run goes on (the event was taken or refused for good); after
+// a failure the run's later events are named failed, unpublished.
+func (p *pub) settle(r int, o outcome) bool {
+	run := p.runs[r]
+	p.outs[run[p.next[r]]] = o
+	p.subj[r] = ""
+	if o.state == stateFailed || o.state == statePaused {
+		for _, j := range run[p.next[r]+1:] {
+			p.outs[j] = outcome{state: stateFailed, status: 503, err: o.err,
+				msg: "not sent: an earlier event of its user failed: " + o.reason()}
+		}
+		p.next[r] = len(run)
+		return false
+	}
+	p.next[r]++
+	return p.next[r] < len(run)
+}
+
+// publish hands ev to the client; sent is false when it did not take it
+// (o says why).
+func (p *pub) publish(ctx context.Context, r, i int, subject string) (o outcome, sent bool) {
+	ev := &p.events[i]
 	if err := ctx.Err(); err != nil {
-		return outcome{state: stateFailed, status: 503, err: fmt.Errorf("not sent: %w", err)}
+		return outcome{state: stateFailed, status: 503, err: fmt.Errorf("not sent: %w", err)}, false
 	}
 	// The payload is not copied: the client copies it into its write buffer
 	// in PublishMsgAsync and, with retries off, never reads it again.
 	m := &nats.Msg{Subject: subject, Data: ev.Payload, Header: p.d.header(ev)}
-	denied := p.d.conn.deny.wait()
-	sent := time.Now()
-	paf, err := p.s.js.PublishMsgAsync(m, p.opts...)
-	if err != nil {
-		return publishError(err)
+	select {
+	case p.d.acks.pending <- struct{}{}: // freed by acks.done
+	case <-ctx.Done():
+		return outcome{state: stateFailed, status: 503,
+			err: fmt.Errorf("not sent: %d publishes awaiting acks: %w", cap(p.d.acks.pending), ctx.Err())}, false
 	}
-	ok, failed := paf.Ok(), paf.Err()
-	for {
-		select {
-		case ack := <-ok:
-			if ack.Duplicate {
-				p.d.duplicates.Add(1)
-			}
-			return outcome{state: stateAcked}
-		case err := <-failed:
-			return p.ackError(ctx, subject, err)
-		case <-ctx.Done():
-			return outcome{state: stateFailed, status: 503, ambiguous: true,
-				err: fmt.Errorf("no ack for the publish to %q: %w", subject, ctx.Err())}
-		case <-denied:
-			if msg, ok := p.d.conn.deny.since(subject, sent); ok {
-				return outcome{state: stateRefused, status: 403, msg: msg}
-			}
-			denied = p.d.conn.deny.wait()
+	p.d.acks.waiting.Store(m, waiter{ch: p.answer, run: r, idx: i})
+	if _, err := p.s.js.PublishMsgAsync(m, p.opts...); err != nil {
+		if _, ours := p.d.acks.waiting.LoadAndDelete(m); ours {
+			<-p.d.acks.pending
 		}
+		return publishError(err), false
 	}
+	return outcome{}, true
+}
+
+// classify turns an answer into its event's outcome.
+func (p *pub) classify(ctx context.Context, a answer) outcome {
+	if a.err == nil {
+		if a.ack.Duplicate {
+			p.d.duplicates.Add(1)
+		}
+		return outcome{state: stateAcked}
+	}
+	return p.ackError(ctx, p.subj[a.run], a.err)
 }
 
 // publishError classifies a publish the client refused to send.
