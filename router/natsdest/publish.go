@@ -198,7 +198,9 @@ func (p *pub) publish(ctx context.Context, r, i int, subject string) (o outcome,
 		return outcome{state: stateFailed, status: 503, err: fmt.Errorf("not sent: %w", err)}, false
 	}
 	// The payload is not copied: the client copies it into its write buffer
-	// in PublishMsgAsync and, with retries off, never reads it again.
+	// in PublishMsgAsync and, with retries off, never reads it again; the
+	// message is kept (by the client and acks) until its answer, so Data is
+	// cleared once it is written, to keep nothing of the event's bytes.
 	m := &nats.Msg{Subject: subject, Data: ev.Payload, Header: p.d.header(ev)}
 	select {
 	case p.d.acks.pending <- struct{}{}: // freed by acks.done
@@ -213,6 +215,7 @@ func (p *pub) publish(ctx context.Context, r, i int, subject string) (o outcome,
 		}
 		return publishError(err), false
 	}
+	m.Data = nil
 	return outcome{}, true
 }
 
