@@ -92,6 +92,7 @@ type pub struct {
 	answer chan answer
 	opts   []jetstream.PublishOpt
 	buf    []byte
+	noResp map[string]error // subject -> why it had no responders (noResponders)
 }
 
 // publishAll publishes every run's events, each after the previous one's
@@ -257,7 +258,16 @@ func (p *pub) ackError(ctx context.Context, subject string, err error) outcome {
 		}
 		return outcome{state: stateFailed, status: 503, err: fmt.Errorf("JetStream cannot store it now: %w", err)}
 	case errors.Is(err, jetstream.ErrNoStreamResponse):
-		why := p.d.noResponders(ctx, p.s, subject)
+		// Asked once per subject and Send: with no leader, the lookup may
+		// take until the deadline, and every run of the Send gets here.
+		why, asked := p.noResp[subject]
+		if !asked {
+			why = p.d.noResponders(ctx, p.s, subject)
+			if p.noResp == nil {
+				p.noResp = map[string]error{}
+			}
+			p.noResp[subject] = why
+		}
 		switch {
 		case errors.Is(why, ErrStreamNotFound):
 			return outcome{state: statePaused, err: why}
