@@ -131,3 +131,18 @@ func writeCerts(t *testing.T, dir string) (caFile, certFile, keyFile string) {
 	}
 	return write("ca.pem", "CERTIFICATE", caDER), write("server.pem", "CERTIFICATE", srvDER), write("server-key.pem", "EC PRIVATE KEY", keyDER)
 }
+
+// TestToken: a token the server knows delivers; another pauses.
+func TestToken(t *testing.T) {
+	srv := startServer(t, "token", `authorization {token: "s3cret-token"}`)
+	_, js := connect(t, srv.url, nats.Token("s3cret-token"))
+	makeStream(t, js, jetstream.StreamConfig{Name: "K", Subjects: []string{"K.>"}})
+	d := newDest(t, Config{URLs: []string{srv.url}, Stream: "K", Subject: "K.{type}", Token: "s3cret-token"})
+	if res := send(d, []router.Event{event("web", "alice", 0, "a")}); res.Err != nil || res.Status != 200 || len(res.Rejected) > 0 {
+		t.Fatalf("with the token: %+v", res)
+	}
+	wrong := newDest(t, Config{URLs: []string{srv.url}, Stream: "K", Subject: "K.{type}", Token: "guess"})
+	if res := send(wrong, []router.Event{event("web", "alice", 1, "a")}); !res.Pause {
+		t.Fatalf("with a wrong token: %+v", res)
+	}
+}
