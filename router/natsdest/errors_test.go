@@ -82,3 +82,16 @@ func TestPrivateServerErrors(t *testing.T) {
 		}
 	})
 }
+
+// TestJetStreamOffPauses: a server without JetStream pauses the
+// destination, with or without a stream named.
+func TestJetStreamOffPauses(t *testing.T) {
+	srv := startServer(t, "nojs", "jetstream: disabled")
+	for _, stream := range []string{"S", ""} {
+		d := newDest(t, Config{URLs: []string{srv.url}, Stream: stream, Subject: "S.{type}"})
+		res := send(d, []router.Event{event("web", "alice", 0, "a")})
+		if !res.Pause || res.Err == nil || !strings.Contains(res.Err.Error(), "not enabled") {
+			t.Fatalf("stream %q: %+v", stream, res)
+		}
+	}
+}

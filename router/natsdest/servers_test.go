@@ -182,7 +182,11 @@ func startServer(t testing.TB, name, conf string) *server {
 	dir := t.TempDir()
 	port := freePort(t)
 	file := filepath.Join(dir, "server.conf")
-	full := fmt.Sprintf("server_name: %s\nlisten: 127.0.0.1:%d\njetstream: {store_dir: %q}\n%s\n", name, port, filepath.Join(dir, "js"), conf)
+	js := fmt.Sprintf("jetstream: {store_dir: %q}\n", filepath.Join(dir, "js"))
+	if strings.Contains(conf, "jetstream") { // the test's own
+		js = ""
+	}
+	full := fmt.Sprintf("server_name: %s\nlisten: 127.0.0.1:%d\n%s%s\n", name, port, js, conf)
 	if err := os.WriteFile(file, []byte(full), 0o600); err != nil {
 		t.Fatal(err)
 	}

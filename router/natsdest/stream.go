@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync/atomic"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -35,6 +36,8 @@ func (d *Dest) ensureStream(ctx context.Context, s *session) error {
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		return fmt.Errorf("%w: JetStream stream %q (create_stream is off)", ErrStreamNotFound, d.cfg.Stream)
+	case jetStreamOff(s, err):
+		return fmt.Errorf("%w: JetStream is not enabled: %w", ErrStreamNotFound, err)
 	case err != nil:
 		return fmt.Errorf("cannot look up stream %q: %w", d.cfg.Stream, err)
 	}
@@ -82,6 +85,8 @@ func (d *Dest) noResponders(ctx context.Context, s *session, subject string) err
 		switch {
 		case errors.Is(err, jetstream.ErrStreamNotFound) || err == nil && name == "":
 			return fmt.Errorf("%w: no JetStream stream takes subject %q", ErrStreamNotFound, subject)
+		case jetStreamOff(s, err):
+			return fmt.Errorf("%w: JetStream is not enabled: %w", ErrStreamNotFound, err)
 		case err != nil:
 			return nil // JetStream itself does not answer: an outage
 		}
@@ -89,6 +94,8 @@ func (d *Dest) noResponders(ctx context.Context, s *session, subject string) err
 	}
 	st, err := s.js.Stream(ctx, d.cfg.Stream)
 	switch {
+	case jetStreamOff(s, err):
+		return fmt.Errorf("%w: JetStream is not enabled: %w", ErrStreamNotFound, err)
 	case errors.Is(err, jetstream.ErrStreamNotFound):
 		d.stream.ok.Store(false)
 		if d.cfg.CreateStream == nil {
@@ -110,3 +117,19 @@ func (d *Dest) noResponders(ctx context.Context, s *session, subject string) err
 
 // errNoStreamForSubject is a subject outside the configured stream's.
 var errNoStreamForSubject = errors.New("subject not in the stream")
+
+// jetStreamOff reports that err, of a JetStream API request, says the
+// server or account has no JetStream: nothing can be stored until an
+// operator turns it on (the destination pauses). An API request nobody
+// answers means that only when the server says so in its INFO; otherwise
+// it is a cluster without a meta leader yet (an outage).
+func jetStreamOff(s *session, err error) bool {
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return true
+	}
+	if errors.Is(err, nats.ErrNoResponders) {
+		on, _ := s.nc.ConnectedServerJetStream()
+		return !on
+	}
+	return false
+}
