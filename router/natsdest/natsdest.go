@@ -19,8 +19,8 @@
 // the server's max_payload or the stream's max_msg_size, a subject the
 // stream does not take, a subject the account may not publish to: that
 // event is refused (4xx, aborted with the server's words). Refused
-// credentials, or the stream missing while create_stream is off:
-// Result.Pause.
+// credentials, a server without JetStream, or the stream missing while
+// create_stream is off: Result.Pause.
 package natsdest
 
 import (
