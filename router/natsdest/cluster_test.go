@@ -14,7 +14,8 @@ import (
 )
 
 // TestClusterNodeKilled: a three-node JetStream cluster with an R3 stream;
-// the stream's leader is killed (SIGKILL) while batches are in flight. A
+// the stream's leader, the server the destination is connected to, is
+// killed (SIGKILL) while batches are in flight. A
 // driver that retries as the router does (failed events again, in order,
 // each user one batch at a time) gets every event stored exactly once, in
 // each user's order; sending everything again after that stores nothing
@@ -41,7 +42,17 @@ func TestClusterNodeKilled(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	d := newDest(t, Config{URLs: urls(srvs), Stream: name, Subject: name + ".{source}.{key_hash:8}",
+	// The destination is given the leader's URL only: killing it drops the
+	// connection and the leader at once, and the client must fail over to
+	// the servers the cluster announced.
+	leader := streamLeader(t, js, name)
+	var leaderURL string
+	for _, s := range srvs {
+		if s.name == leader {
+			leaderURL = s.url
+		}
+	}
+	d := newDest(t, Config{URLs: []string{leaderURL}, Stream: name, Subject: name + ".{source}.{key_hash:8}",
 		Timeout: 3 * time.Second, ConnectTimeout: time.Second})
 
 	const users, each = 40, 50
@@ -51,7 +62,6 @@ func TestClusterNodeKilled(t *testing.T) {
 			events = append(events, event("web", fmt.Sprint("user", u), n, "E"))
 		}
 	}
-	leader := streamLeader(t, js, name)
 	var killed atomic.Bool
 	dr := &driver{t: t, d: d, batch: 40, conc: 8, onDelivered: func(n int) {
 		if n >= len(events)/3 && killed.CompareAndSwap(false, true) {
