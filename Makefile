@@ -74,6 +74,13 @@ bench-quick:
 bench-report:
 	$(GO) run ./cmd/sluice-bench report
 
+# The nats destination into the machine's nats-server beside nats.go alone
+# (BENCHMARKS.md, "NATS JetStream destination"): about 3 minutes.
+bench-nats:
+	mkdir -p bench/out
+	$(GO) test ./router/natsdest -run '^$$' -bench . -benchtime 3x -timeout 30m 2>&1 | tee bench/out/nats.txt
+	@! grep -q '^FAIL' bench/out/nats.txt
+
 lint:
 	@test -z "$$(gofmt -l .)" || (gofmt -l . && exit 1)
 	$(GO) vet $(PKGS)
