@@ -1,6 +1,8 @@
 package kafka
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -98,7 +100,11 @@ func (b *batch) promise(i int) func(*kgo.Record, error) {
 // since: an authentication failure there pauses the destination (the
 // client retries such connections without failing the records), and
 // another one is added to an outage's error to say what is wrong.
-func (b *batch) result(events []router.Event, fixedTopic string, connErr error) router.Result {
+//
+// ctxErr is the Send's context's error: a record failed on a context while
+// its own is live was failed with the records before it on its partition,
+// whose Send had ended (the client fails a partition's buffer together).
+func (b *batch) result(events []router.Event, fixedTopic string, connErr, ctxErr error) router.Result {
 	n := len(events)
 	outs := make([]outcome, n)
 	b.mu.Lock()
@@ -107,7 +113,11 @@ func (b *batch) result(events []router.Event, fixedTopic string, connErr error) 
 			outs[i] = pending()
 			continue
 		}
-		outs[i] = classify(b.errs[i], fixedTopic != "")
+		err := b.errs[i]
+		if ctxErr == nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			err = fmt.Errorf("failed with the records before it on its partition, whose Send had ended: %w", err)
+		}
+		outs[i] = classify(err, fixedTopic != "")
 	}
 	b.mu.Unlock()
 	for i, o := range outs {

@@ -126,10 +126,13 @@ func isAuthErr(err error) bool {
 }
 
 // connErrors remembers the latest failed connection to a broker until one
-// succeeds (a kgo.HookBrokerConnect).
+// succeeds (a kgo.HookBrokerConnect), and tells Sends when it failed on
+// credentials.
 type connErrors struct {
-	mu  sync.Mutex
-	err error
+	mu       sync.Mutex
+	err      error
+	auth     chan struct{} // closed while err is an authentication failure
+	authDone bool          // auth is closed
 }
 
 // OnBrokerConnect implements kgo.HookBrokerConnect.
@@ -138,12 +141,34 @@ func (c *connErrors) OnBrokerConnect(meta kgo.BrokerMetadata, _ time.Duration, _
 		err = fmt.Errorf("broker %s:%d: %w", meta.Host, meta.Port, err)
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.err = err
-	c.mu.Unlock()
+	switch {
+	case err != nil && isAuthErr(err) && !c.authDone:
+		if c.auth == nil {
+			c.auth = make(chan struct{})
+		}
+		close(c.auth)
+		c.authDone = true
+	case err == nil && c.authDone:
+		c.auth, c.authDone = nil, false
+	}
 }
 
+// last is the latest connection error, nil after a success.
 func (c *connErrors) last() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.err
+}
+
+// authFailed is closed once a connection fails on credentials (until one
+// succeeds again).
+func (c *connErrors) authFailed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.auth == nil {
+		c.auth = make(chan struct{})
+	}
+	return c.auth
 }

@@ -267,8 +267,9 @@ func (k *Kafka) Send(ctx context.Context, events []router.Event) router.Result {
 	select {
 	case <-b.done:
 	case <-ctx.Done():
+	case <-k.conns.authFailed(): // the client would retry until ctx ends
 	}
-	return b.result(events, k.topic.fixed, k.conns.last())
+	return b.result(events, k.topic.fixed, k.conns.last(), ctx.Err())
 }
 
 // Close fails what is still buffered and closes the connections.
