@@ -38,6 +38,7 @@ type destConfig interface {
 var destTypes = map[string]destType{
 	"webhook": {batch: 1, complete: completeWebhook},
 	"file":    {batch: 100, complete: completeFile},
+	"kafka":   {batch: 100, complete: completeKafka},
 }
 
 // destTypeNames lists the destination types, sorted.

@@ -151,3 +151,9 @@ func eventName(ev *router.Event) string {
 	}
 	return string(ev.Type)
 }
+
+// CheckTopic checks a topic name or template as Config.Topic takes it.
+func CheckTopic(s string) error {
+	_, err := parseTopic(s)
+	return err
+}
