@@ -97,7 +97,8 @@ type Config struct {
 	Topic string
 	// ClientID names the client to the brokers. Default "sluice".
 	ClientID string
-	// Compression is zstd, lz4, snappy, gzip or none. Default zstd.
+	// Compression is zstd (at its fastest level), lz4, snappy, gzip or
+	// none. Default zstd.
 	Compression string
 	// Linger is how long a partition waits for more records before a
 	// produce request. Default 5ms.
@@ -230,7 +231,7 @@ func (cfg Config) options() ([]kgo.Opt, topicTemplate, error) {
 func compression(name string) (kgo.CompressionCodec, error) {
 	switch name {
 	case "", "zstd":
-		return kgo.ZstdCompression(), nil
+		return kgo.ZstdCompression().WithLevel(1), nil // zstd.SpeedFastest
 	case "lz4":
 		return kgo.Lz4Compression(), nil
 	case "snappy":
