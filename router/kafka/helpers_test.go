@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -116,6 +118,9 @@ func (c *cluster) deleteTopic(name string) {
 func (c *cluster) dest(t testing.TB, cfg Config) *Kafka {
 	t.Helper()
 	cfg.Brokers = c.addrs
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	k, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
