@@ -178,3 +178,71 @@ func benchEvent(key string, n int) router.Event {
 	return router.Event{Seq: uint64(n), MessageID: []byte(id), Key: []byte(key), Type: []byte("track"),
 		Source: []byte("web"), ReceivedAt: time.Now().UnixNano(), Payload: []byte(body)}
 }
+
+// BenchmarkSendPaced measures the destination's Send latency (from Send to
+// its Result: every record acknowledged) at half the rate it sustains: a
+// first round of 100,000 events measures the sustained rate; then b.N
+// events are sent with each worker pacing its batches so that all together
+// offer half of it. Metrics: offered-events/s, p50-ms, p99-ms, max-ms.
+func BenchmarkSendPaced(b *testing.B) {
+	for _, bc := range []struct{ workers, batch int }{{16, 100}, {64, 100}} {
+		b.Run(fmt.Sprintf("workers=%d/batch=%d", bc.workers, bc.batch), func(b *testing.B) {
+			benchPaced(b, bc.workers, bc.batch)
+		})
+	}
+}
+
+func benchPaced(b *testing.B, workers, batch int) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(16, "bench"), kfake.BlackholeProduce())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	d, err := New(Config{Brokers: c.ListenAddrs(), Topic: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	prepared := make([][]router.Event, workers)
+	for w := range prepared {
+		for i := range batch {
+			prepared[w] = append(prepared[w], benchEvent(fmt.Sprintf("user-%d-%d", w, i%10), w*batch+i))
+		}
+	}
+	start := time.Now()
+	destRound(b, d, prepared, 100_000)
+	rate := 100_000 / time.Since(start).Seconds() / 2
+	every := time.Duration(float64(time.Second) * float64(batch*workers) / rate) // per worker, between batches
+
+	b.ResetTimer()
+	var next atomic.Int64
+	var mu sync.Mutex
+	var lat []time.Duration
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for w, evs := range prepared {
+		wg.Go(func() {
+			var mine []time.Duration
+			due := t0.Add(every * time.Duration(w) / time.Duration(workers)) // spread the workers' phases
+			for next.Add(int64(len(evs))) <= int64(b.N)+int64(len(evs))-1 {
+				time.Sleep(time.Until(due))
+				due = due.Add(every)
+				s := time.Now()
+				if res := d.Send(context.Background(), evs); res.Status != 200 {
+					panic(fmt.Sprintf("send: %+v", res))
+				}
+				mine = append(mine, time.Since(s))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(rate, "offered-events/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max-ms")
+}
