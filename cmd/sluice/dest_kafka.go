@@ -22,10 +22,13 @@ type KafkaConfig struct {
 	Brokers []string `yaml:"brokers"` // host:port; required
 	// Topic is a name or a template over {source}, {type} and {event};
 	// required.
-	Topic       string        `yaml:"topic"`
-	ClientID    string        `yaml:"client_id"`   // default sluice
-	Compression string        `yaml:"compression"` // zstd (default), lz4, snappy, gzip, none
-	Linger      time.Duration `yaml:"linger"`      // default 5ms
+	Topic string `yaml:"topic"`
+	// AutoCreateTopics lets the brokers create a missing topic (when they
+	// allow it); default false: a missing topic is an error.
+	AutoCreateTopics bool          `yaml:"auto_create_topics"`
+	ClientID         string        `yaml:"client_id"`   // default sluice
+	Compression      string        `yaml:"compression"` // zstd (default), lz4, snappy, gzip, none
+	Linger           time.Duration `yaml:"linger"`      // default 5ms
 	// RecordBytesMax is the largest record batch, and so record, the
 	// client sends (default 1,000,012); keep it at or below the topics'
 	// max.message.bytes so an oversized record is refused alone.
@@ -142,7 +145,7 @@ func tlsConfig(k *checker, t *KafkaTLS, p string) *tls.Config {
 
 func (c *KafkaConfig) build(d *Destination, log *slog.Logger) (router.Destination, error) {
 	cfg := kafka.Config{
-		Brokers: c.Brokers, Topic: c.Topic, ClientID: c.ClientID, Compression: c.Compression,
+		Brokers: c.Brokers, Topic: c.Topic, AutoCreateTopics: c.AutoCreateTopics, ClientID: c.ClientID, Compression: c.Compression,
 		Linger: c.Linger, RecordBytesMax: int32(c.RecordBytesMax), BufferBytesMax: c.BufferBytesMax,
 		RecordRetries: c.RecordRetries, Timeout: d.Timeout, TLS: c.tls,
 		Logger: log.With("destination", d.Name),

@@ -100,7 +100,7 @@ func isTimeout(err error) bool {
 func pauseErr(err error, topic, fixed string) error {
 	switch {
 	case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, kerr.UnknownTopicID):
-		return fmt.Errorf("kafka: topic %s does not exist (create it or enable auto-creation on the brokers, then resume): %w", fixed, err)
+		return fmt.Errorf("kafka: topic %s does not exist (create it, or set auto_create_topics with brokers that allow it, then resume): %w", fixed, err)
 	case errors.Is(err, kerr.TopicAuthorizationFailed):
 		return fmt.Errorf("kafka: not allowed to write to topic %s (grant WRITE on it, then resume): %w", fixed, err)
 	case isAuthErr(err):

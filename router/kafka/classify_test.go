@@ -160,6 +160,24 @@ func TestUnknownTopic(t *testing.T) {
 	checkResult(t, res, false, false, false, 404, "UNKNOWN_TOPIC_OR_PARTITION")
 }
 
+// TestAutoCreateTopics: with auto_create_topics, brokers that allow it
+// create a missing topic and the event is delivered.
+func TestAutoCreateTopics(t *testing.T) {
+	fc, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fc.Close)
+	c := &cluster{addrs: fc.ListenAddrs(), fake: fc}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res := c.dest(t, Config{Topic: "new.{type}", AutoCreateTopics: true}).Send(ctx, []router.Event{event("a", 0, "track")})
+	if res.Status != 200 {
+		t.Fatalf("want delivered, got %+v", res)
+	}
+	c.consume(t, 1, "new.track")
+}
+
 // TestSASLFailurePauses: a SASL authentication failure (as Kafka answers
 // it: SASL_AUTHENTICATION_FAILED) pauses the destination with that
 // reason; right credentials deliver. (kfake itself closes the connection

@@ -95,6 +95,9 @@ type Config struct {
 	// type), e.g. "sluice.{source}.{type}". Placeholder values are
 	// sanitized to legal topic characters (others become '_'). Required.
 	Topic string
+	// AutoCreateTopics asks the brokers to create a missing topic (if
+	// they allow it: auto.create.topics.enable) instead of failing.
+	AutoCreateTopics bool
 	// ClientID names the client to the brokers. Default "sluice".
 	ClientID string
 	// Compression is zstd (at its fastest level), lz4, snappy, gzip or
@@ -214,6 +217,9 @@ func (cfg Config) options() ([]kgo.Opt, topicTemplate, error) {
 		kgo.ProduceRequestTimeout(min(10*time.Second, max(cfg.Timeout/3, 100*time.Millisecond))),
 		kgo.MetadataMinAge(time.Second),
 		kgo.WithLogger(slogger{cfg.Logger.With("component", "kafka")}),
+	}
+	if cfg.AutoCreateTopics {
+		opts = append(opts, kgo.AllowAutoTopicCreation())
 	}
 	if cfg.SASL != nil {
 		m, err := mechanism(cfg.SASL)
