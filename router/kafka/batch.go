@@ -171,9 +171,13 @@ func (b *batch) result(events []router.Event, fixedTopic string, connErr, ctxErr
 // event of the same key in the batch, so that it goes again behind it.
 // Within one partition the client never takes a record after failing an
 // earlier one; with a topic template a user's events may be in several.
+// Events without a key (ordering off) keep no order.
 func keepKeyOrder(events []router.Event, outs []outcome) {
 	var failed map[string]bool
 	for i := range outs {
+		if len(events[i].Key) == 0 {
+			continue
+		}
 		switch outs[i].class {
 		case classRetry:
 			if failed == nil {

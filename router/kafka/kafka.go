@@ -40,7 +40,17 @@
 //
 // So a retried batch never lands behind a later one of its key; the price
 // is a duplicate when an ambiguous record did arrive (at-least-once, with
-// the messageId header to deduplicate). RecordRetries is bounded
+// the messageId header to deduplicate). Failing a partition's buffer
+// together has a cost too: a live Send's records buffered behind records
+// given up are failed with them ("failed with the records before it"),
+// and are retried.
+//
+// One window is left: the client fails a partition's buffer while Send is
+// still producing the batch (microseconds, between two Produce calls), so
+// that a key's earlier record fails and its later one, produced into the
+// emptied buffer, is delivered. Send then names the later one as failed
+// (below) so that it arrives again after the earlier one; the consumer
+// sees it twice, the first copy early. RecordRetries is bounded
 // (Config.RecordRetries) so that a retriable broker error (NOT_LEADER,
 // NOT_ENOUGH_REPLICAS, ...) that persists fails the records with the
 // broker's own error, which Send reports, instead of a bare timeout; the
@@ -52,10 +62,11 @@
 // fails its records after UnknownTopicRetries metadata loads.
 //
 // With a template, two events of one user may go to different topics:
-// Kafka orders a partition, not topics, so Send keeps the router's rule
-// instead: when an event of a key fails and a later one of the same key
-// in the batch was taken, the later one is named as failed too (503), so
-// that it is delivered again after the earlier one.
+// Kafka orders a partition, not topics. For these and for the window
+// above, Send keeps the router's rule: when an event of a key fails and a
+// later one of the same key in the batch was taken, the later one is named
+// as failed too (503), so that it is delivered again after the earlier
+// one.
 //
 // # Errors
 //
