@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -18,8 +19,8 @@ import (
 
 // BenchmarkSend measures events/s delivered by the destination into kfake
 // beside a ceiling measured in the same run: the same records produced by
-// kgo with the same options (Config.options) from a loop that does nothing
-// else (no batches, no waiting for a batch's acks, no copies). One b.N
+// kgo with the same options (Config.options) from GOMAXPROCS loops that do
+// nothing else (no batches, no waiting for a batch's acks, no copies). One b.N
 // iteration is one event for each of the two; they alternate in rounds of
 // up to 100,000 events, so drift on the machine hits both alike.
 //
@@ -140,7 +141,8 @@ func destRound(b *testing.B, d *Kafka, prepared [][]router.Event, n int) []time.
 }
 
 // ceilingRound produces n records, the prepared events' in turn, with kgo
-// directly and waits for every acknowledgement.
+// directly from GOMAXPROCS goroutines (one would leave a core to spare)
+// and waits for every acknowledgement.
 func ceilingRound(b *testing.B, cl *kgo.Client, prepared [][]router.Event, n int) {
 	var failed atomic.Int64
 	promise := func(_ *kgo.Record, err error) {
@@ -148,14 +150,21 @@ func ceilingRound(b *testing.B, cl *kgo.Client, prepared [][]router.Event, n int
 			failed.Add(1)
 		}
 	}
-	for i := range n {
-		evs := prepared[(i/len(prepared[0]))%len(prepared)]
-		ev := &evs[i%len(evs)]
-		cl.Produce(context.Background(), &kgo.Record{
-			Topic: "bench", Key: ev.Key, Value: ev.Payload, Timestamp: time.Unix(0, ev.ReceivedAt),
-			Headers: []kgo.RecordHeader{{Key: "messageId", Value: ev.MessageID}, {Key: "source", Value: ev.Source}, {Key: "type", Value: ev.Type}},
-		}, promise)
+	procs := runtime.GOMAXPROCS(0)
+	var wg sync.WaitGroup
+	for p := range procs {
+		wg.Go(func() {
+			for i := p; i < n; i += procs {
+				evs := prepared[(i/len(prepared[0]))%len(prepared)]
+				ev := &evs[i%len(evs)]
+				cl.Produce(context.Background(), &kgo.Record{
+					Topic: "bench", Key: ev.Key, Value: ev.Payload, Timestamp: time.Unix(0, ev.ReceivedAt),
+					Headers: []kgo.RecordHeader{{Key: "messageId", Value: ev.MessageID}, {Key: "source", Value: ev.Source}, {Key: "type", Value: ev.Type}},
+				}, promise)
+			}
+		})
 	}
+	wg.Wait()
 	if err := cl.Flush(context.Background()); err != nil || failed.Load() > 0 {
 		b.Fatalf("ceiling: %d failed, flush: %v", failed.Load(), err)
 	}
