@@ -28,7 +28,7 @@ type KafkaConfig struct {
 	AutoCreateTopics bool          `yaml:"auto_create_topics"`
 	ClientID         string        `yaml:"client_id"`   // default sluice
 	Compression      string        `yaml:"compression"` // zstd (default), lz4, snappy, gzip, none
-	Linger           time.Duration `yaml:"linger"`      // default 5ms
+	Linger           time.Duration `yaml:"linger"`      // default 1ms
 	// RecordBytesMax is the largest record batch, and so record, the
 	// client sends (default 1,000,012); keep it at or below the topics'
 	// max.message.bytes so an oversized record is refused alone.
@@ -86,7 +86,7 @@ func completeKafka(k *checker, n *yaml.Node, p string, _ claims) destConfig {
 	} else if !slices.Contains(kafka.Compressions, c.Compression) {
 		k.failf(p+".compression", "want one of %s, got %q", strings.Join(kafka.Compressions, ", "), c.Compression)
 	}
-	duration(k, &c.Linger, p+".linger", 5*time.Millisecond)
+	duration(k, &c.Linger, p+".linger", time.Millisecond)
 	count(k, &c.RecordBytesMax, p+".record_bytes_max", 1_000_012)
 	if c.RecordBytesMax < 512 || c.RecordBytesMax > 1<<30 {
 		k.failf(p+".record_bytes_max", "want 512 to 1073741824 bytes, got %s", k.raw(p+".record_bytes_max"))

@@ -64,7 +64,7 @@ func TestKafkaConfigDefaults(t *testing.T) {
 	d := cfg.Destinations[0]
 	k := d.typed.(*KafkaConfig)
 	got := fmt.Sprint(d.BatchSize, k.ClientID, k.Compression, k.Linger, k.RecordBytesMax, k.BufferBytesMax, k.RecordRetries)
-	want := fmt.Sprint(100, "sluice", "zstd", 5*time.Millisecond, 1_000_012, 64<<20, 10)
+	want := fmt.Sprint(100, "sluice", "zstd", time.Millisecond, 1_000_012, 64<<20, 10)
 	if got != want {
 		t.Fatalf("defaults %s, want %s", got, want)
 	}

@@ -115,7 +115,8 @@ type Config struct {
 	// none. Default zstd.
 	Compression string
 	// Linger is how long a partition waits for more records before a
-	// produce request. Default 5ms.
+	// produce request. Default 1ms: a Send waits for its records' acks,
+	// so linger is latency; many Sends in flight fill the batches.
 	Linger time.Duration
 	// RecordBytesMax bounds a record batch (ProducerBatchMaxBytes), and so
 	// a record: a larger record is refused alone (413) by the client. Keep
@@ -187,7 +188,7 @@ func (cfg Config) options() ([]kgo.Opt, topicTemplate, error) {
 		cfg.ClientID = "sluice"
 	}
 	if cfg.Linger == 0 {
-		cfg.Linger = 5 * time.Millisecond
+		cfg.Linger = 1 * time.Millisecond
 	}
 	if cfg.RecordBytesMax == 0 {
 		cfg.RecordBytesMax = 1_000_012
