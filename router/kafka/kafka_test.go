@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,25 +114,37 @@ func testTooLargeAlone(t *testing.T, c *cluster) {
 }
 
 // TestLeaderChangesLoseNothing: leaders move between the brokers while
-// many keys are delivered; whatever fails is sent again (as the router
-// does), and every event arrives in order.
+// many keys are delivered, and a broker leaves the cluster and another
+// joins; whatever fails is sent again (as the router does), and every
+// event arrives in order.
 func TestLeaderChangesLoseNothing(t *testing.T) {
 	c := newFake(t, 3, 6, "moving")
 	d := c.dest(t, Config{Topic: "moving"})
 	events := makeEvents(100, 20)
-	moves := 0
+	var moves atomic.Int64
 	sendAll(t, d, events, 8, 25, func(round int) {
-		if round%10 == 0 {
+		switch {
+		case round == 25:
+			if err := c.fake.RemoveNode(2); err != nil {
+				t.Errorf("remove node: %v", err)
+			}
+		case round == 50:
+			if _, _, err := c.fake.AddNode(-1, 0); err != nil {
+				t.Errorf("add node: %v", err)
+			}
+		case round%10 == 0:
 			c.fake.ShufflePartitionLeaders()
-			moves++
+		default:
+			return
 		}
+		moves.Add(1)
 	})
-	if moves == 0 {
-		t.Fatal("no leader moved")
+	if moves.Load() < 3 {
+		t.Fatalf("%d leader moves", moves.Load())
 	}
 	recs := c.consume(t, len(events), "moving")
 	dups := checkDelivered(t, recs, events)
-	t.Logf("%d leader shuffles, %d records, %d duplicates", moves, len(recs), dups)
+	t.Logf("%d leader moves, %d records, %d duplicates", moves.Load(), len(recs), dups)
 }
 
 // TestCloseFailsWhatIsLeft: after Close, a Send fails (retryable) and
