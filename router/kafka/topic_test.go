@@ -26,7 +26,7 @@ func TestTopicTemplate(t *testing.T) {
 		{"ev.{event}", ev("web", "track", `{"event":"Café"}`), "ev.Caf__"}, // é is two bytes
 		{"{source}", ev("", "track", `{}`), "_"},
 		{"{event}", ev("web", "track", `{"event":"."}`), "_"},
-		{"{event}", ev("web", "track", `{"event":"` + strings.Repeat("a", 300) + `"}`), strings.Repeat("a", TopicBytesMax)},
+		{"{event}", ev("web", "track", `{"event":"`+strings.Repeat("a", 300)+`"}`), strings.Repeat("a", TopicBytesMax)},
 	} {
 		tt, err := parseTopic(tc.tmpl)
 		if err != nil {
