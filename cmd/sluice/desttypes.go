@@ -39,6 +39,7 @@ var destTypes = map[string]destType{
 	"webhook": {batch: 1, complete: completeWebhook},
 	"file":    {batch: 100, complete: completeFile},
 	"nats":    {batch: 100, complete: completeNATS},
+	"kafka":   {batch: 100, complete: completeKafka},
 }
 
 // destTypeNames lists the destination types, sorted.
