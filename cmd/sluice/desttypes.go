@@ -36,8 +36,9 @@ type destConfig interface {
 
 // destTypes are the destination types by their name in the config file.
 var destTypes = map[string]destType{
-	"webhook": {batch: 1, complete: completeWebhook},
-	"file":    {batch: 100, complete: completeFile},
+	"webhook":  {batch: 1, complete: completeWebhook},
+	"file":     {batch: 100, complete: completeFile},
+	"rabbitmq": {batch: 100, complete: completeRabbitMQ},
 }
 
 // destTypeNames lists the destination types, sorted.
