@@ -2,6 +2,7 @@ package rabbitmq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -76,6 +77,9 @@ func (b *batch) refuse(i, status int, reason string) {
 	b.fates[i], b.status[i], b.reasons[i] = fateRefused, status, []byte(reason)
 }
 
+// errBlocked stops a wait for confirms: the broker blocks publishing.
+var errBlocked = errors.New("the broker blocks publishing")
+
 // settled reports whether every event published has its confirm.
 func (b *batch) settled() bool {
 	for _, f := range b.fates {
@@ -89,7 +93,7 @@ func (b *batch) settled() bool {
 // publish publishes the batch's events on c in order, then waits for
 // their confirms, taking returns as they come. It stops publishing at the
 // first failure: what follows is not sent.
-func (r *RabbitMQ) publish(ctx context.Context, c *channel, b *batch) {
+func (r *RabbitMQ) publish(ctx context.Context, l *link, c *channel, b *batch) {
 	p := amqp.Publishing{ContentType: "application/json", AppId: "sluice", DeliveryMode: amqp.Persistent,
 		Headers: make(amqp.Table, 2+len(r.cfg.Headers))}
 	if r.cfg.Transient {
@@ -127,7 +131,7 @@ func (r *RabbitMQ) publish(ctx context.Context, c *channel, b *batch) {
 		b.takeReturns()
 	}
 	p.Body = nil
-	b.wait(ctx)
+	b.wait(ctx, l.blockedSignal())
 	b.takeReturns()
 	select {
 	case e, ok := <-c.closes:
@@ -139,8 +143,10 @@ func (r *RabbitMQ) publish(ctx context.Context, c *channel, b *batch) {
 }
 
 // wait waits for every published event's confirm, in order, taking
-// returns meanwhile (the library drops those it cannot hand over).
-func (b *batch) wait(ctx context.Context) {
+// returns meanwhile (the library drops those it cannot hand over). It
+// gives up when the context ends or the broker blocks publishing: what
+// it has not confirmed yet may wait there for the alarm's end.
+func (b *batch) wait(ctx context.Context, blocked <-chan struct{}) {
 	for i := range b.events {
 		for b.fates[i] == fatePending || b.fates[i] == fateReturned && !done(b.dcs[i]) {
 			select {
@@ -155,6 +161,9 @@ func (b *batch) wait(ctx context.Context) {
 				b.take(ret, ok)
 			case <-ctx.Done():
 				b.waitErr = ctx.Err()
+				return
+			case <-blocked:
+				b.waitErr = errBlocked
 				return
 			}
 		}

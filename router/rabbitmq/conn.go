@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,6 +25,35 @@ type link struct {
 	// blocked is the broker's reason while it blocks the connection
 	// (connection.blocked: a memory or disk alarm), nil otherwise.
 	blocked atomic.Pointer[string]
+	// blockedC is closed while the connection is blocked, so that a Send
+	// waiting for confirms stops waiting; a new one replaces it when the
+	// broker unblocks.
+	bmu      sync.Mutex
+	blockedC chan struct{}
+}
+
+// blockedSignal is closed when (or while) the broker blocks publishing.
+func (l *link) blockedSignal() <-chan struct{} {
+	l.bmu.Lock()
+	defer l.bmu.Unlock()
+	return l.blockedC
+}
+
+// setBlocked records the broker's blocking (reason) or unblocking (nil).
+func (l *link) setBlocked(reason *string) {
+	l.bmu.Lock()
+	defer l.bmu.Unlock()
+	l.blocked.Store(reason)
+	select {
+	case <-l.blockedC:
+		if reason == nil {
+			l.blockedC = make(chan struct{})
+		}
+	default:
+		if reason != nil {
+			close(l.blockedC)
+		}
+	}
 }
 
 // channel is one confirm-mode channel with its notifications. A channel the
@@ -74,7 +104,7 @@ func (r *RabbitMQ) dial(ctx context.Context) (*link, error) {
 		return nil, classifyDial(err)
 	}
 	l := &link{conn: conn, idle: make(chan *channel, r.cfg.Channels), slots: make(chan struct{}, r.cfg.Channels),
-		done: make(chan struct{})}
+		done: make(chan struct{}), blockedC: make(chan struct{})}
 	if r.cfg.Declare != nil {
 		if err := r.declare(conn); err != nil {
 			conn.Close()
@@ -132,10 +162,10 @@ func (r *RabbitMQ) watch(l *link, closes chan *amqp.Error, blocks chan amqp.Bloc
 			}
 			if b.Active {
 				reason := b.Reason
-				l.blocked.Store(&reason)
+				l.setBlocked(&reason)
 				r.log.Warn("rabbitmq blocks publishing", "reason", reason)
 			} else {
-				l.blocked.Store(nil)
+				l.setBlocked(nil)
 				r.log.Info("rabbitmq unblocked publishing")
 			}
 		case e := <-closes:

@@ -1,12 +1,14 @@
 package rabbitmq
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -170,4 +172,62 @@ func TestConnectionClosedByBroker(t *testing.T) {
 		t.Fatal("the close failed no Send: nothing was tested")
 	}
 	dl.finish(a.drain(q))
+}
+
+func TestBlockedBrokerThrottles(t *testing.T) {
+	a := newAdmin(t)
+	x := a.exchange("topic")
+	q := a.queue(x, "#")
+	d := newDest(t, Config{Exchange: x, BlockedRetryAfter: 7 * time.Second})
+	if res := d.Send(ctxT(t), []router.Event{event(1, "u1", "track", "a")}); res.Status != 200 {
+		t.Fatalf("before the alarm: %+v", res)
+	}
+	// A memory alarm: the broker blocks every publishing connection.
+	old := strings.TrimSpace(rabbitmqctl(t, "-q", "eval", "{ok, V} = application:get_env(rabbit, vm_memory_high_watermark), "+
+		"vm_memory_monitor:set_vm_memory_high_watermark(0.0000001), rabbit_alarm:set_alarm({{resource_limit, memory, node()}, []}), V."))
+	var once sync.Once
+	clear := func() {
+		once.Do(func() {
+			rabbitmqctl(t, "-q", "eval", "vm_memory_monitor:set_vm_memory_high_watermark("+old+"), "+
+				"rabbit_alarm:clear_alarm({resource_limit, memory, node()}).")
+		})
+	}
+	t.Cleanup(clear)
+	var res router.Result
+	for seq := 2; ; seq++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		res = d.Send(ctx, []router.Event{event(seq, "u1", "track", "a")})
+		expired := ctx.Err() != nil
+		cancel()
+		t.Logf("blocked, send %d: status %d err %v ambiguous %v", seq, res.Status, res.Err, res.Ambiguous)
+		if res.Status == 429 {
+			// The blocking ended the wait for confirms, not the timeout.
+			if expired {
+				t.Errorf("the Send waited for its timeout")
+			}
+			break
+		}
+		if res.Status != 200 && res.Err == nil || len(res.Rejected) > 0 || res.Pause || seq == 20 {
+			t.Fatalf("while blocked: %+v", res)
+		}
+	}
+	if res.RetryAfter != 7*time.Second || !strings.Contains(string(res.Body), "blocks publishing") {
+		t.Errorf("blocked answer %+v", res)
+	}
+	clear()
+	// Unblocked, the destination delivers again (on the same connection,
+	// or a new one if the stalled write timed out).
+	for seq := 100; ; seq++ {
+		res := d.Send(ctxT(t), []router.Event{event(seq, "u1", "track", "a")})
+		t.Logf("unblocked, send %d: status %d err %v", seq, res.Status, res.Err)
+		if res.Status == 200 && len(res.Rejected) == 0 {
+			break
+		}
+		if res.Status != 429 && res.Err == nil || seq == 150 {
+			t.Fatalf("after the alarm: %+v", res)
+		}
+	}
+	if n := a.count(q); n < 2 {
+		t.Errorf("%d messages", n)
+	}
 }

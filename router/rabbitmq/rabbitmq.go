@@ -224,7 +224,7 @@ func (r *RabbitMQ) Send(ctx context.Context, events []router.Event) router.Resul
 	if err != nil {
 		return router.Result{Err: fmt.Errorf("rabbitmq: %w", err)}
 	}
-	r.publish(ctx, c, b)
+	r.publish(ctx, l, c, b)
 	quiet := b.settled() && b.closeErr == nil && b.pubErr == nil
 	l.release(c, quiet)
 	return r.result(l, b)
