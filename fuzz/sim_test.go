@@ -392,10 +392,9 @@ func TestBugOutageAbort(t *testing.T) {
 }
 
 // TestBugStorageFaults holds a seed for each engine bug that the storage
-// faults found (see Known for each one's story), run strictly. The fixed
-// ones are regressions run every time; the one still open
-// (KnownStragglerLoss) fails until it is fixed, so it runs only with
-// SLUICE_SIM_BUGS=1. Seeds marked "varies" depend on the engine's
+// faults found (see Known for each one's story), run strictly: each is a
+// regression run every time (a bug still open, one in Tolerated, runs
+// only with SLUICE_SIM_BUGS=1). Seeds marked "varies" depend on the engine's
 // spare-file goroutine, which runs in real time (what a crash clone holds
 // may differ from run to run).
 func TestBugStorageFaults(t *testing.T) {
