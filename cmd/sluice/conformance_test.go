@@ -85,8 +85,9 @@ type conformThrottler interface {
 // Each builds its target for one test; it may skip the test when its
 // service cannot run here (say why).
 var conformTargets = map[string]func(t *testing.T) conformTarget{
-	"webhook": newWebhookTarget,
-	"file":    newFileTarget,
+	"webhook":  newWebhookTarget,
+	"file":     newFileTarget,
+	"rabbitmq": newRabbitTarget,
 }
 
 func TestConformance(t *testing.T) {
