@@ -149,8 +149,8 @@ func TestConnectionClosedByBroker(t *testing.T) {
 	x := a.exchange("topic")
 	q := a.queue(x, "#")
 	name := unique(t, "conn")
-	d := newDest(t, Config{Exchange: x, Name: name, Channels: 4})
-	dl := deliver(t, d, 4)
+	d := newDest(t, Config{Exchange: x, Name: name, Channels: 2})
+	dl := deliver(t, d, 2)
 	dl.waitFor(func() bool { return dl.sent.Load() >= 5 })
 	// CONNECTION_FORCED from the broker, as an operator's close does.
 	var pid string

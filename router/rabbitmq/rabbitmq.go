@@ -33,6 +33,9 @@
 //	connection.blocked (resource alarm)   throttled: 429 with RetryAfter
 //	credentials or vhost refused          the destination pauses
 //
+// frame_max does not limit a message: the library splits a body into
+// frames. The broker's max_message_size does, and closes the channel.
+//
 // A channel the broker closed is replaced, never reused; a connection lost
 // is dialled again by the next Send (one dial at a time; Sends meanwhile
 // wait for it or report the outage).
