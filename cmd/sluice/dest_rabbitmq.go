@@ -2,7 +2,6 @@ package main
 
 import (
 	"log/slog"
-	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -51,7 +50,7 @@ func completeRabbitMQ(k *checker, n *yaml.Node, p string, _ claims) destConfig {
 	if c.URL == "" {
 		k.failf(p+".url", "a rabbitmq destination needs a url (amqp://user:password@host:5672/vhost)")
 	} else if _, err := amqp.ParseURI(c.URL); err != nil {
-		k.failf(p+".url", "want an amqp:// or amqps:// URL: %v", redactURL(err.Error(), c.URL))
+		k.failf(p+".url", "want an amqp:// or amqps:// URL: %v", rabbitmq.RedactURL(err.Error(), c.URL))
 	}
 	if c.Exchange == nil {
 		k.failf(p+".exchange", `a rabbitmq destination needs an exchange ("" for the default exchange)`)
@@ -85,18 +84,6 @@ func completeRabbitMQ(k *checker, n *yaml.Node, p string, _ claims) destConfig {
 		c.Mandatory = new(true)
 	}
 	return &c
-}
-
-// redactURL keeps a URL's password out of a message.
-func redactURL(msg, raw string) string {
-	if i, j := strings.Index(raw, "://"), strings.LastIndex(raw, "@"); i >= 0 && j > i {
-		if c := strings.IndexByte(raw[i+3:j], ':'); c >= 0 {
-			if pw := raw[i+3+c+1 : j]; pw != "" {
-				return strings.ReplaceAll(msg, pw, "xxxxx")
-			}
-		}
-	}
-	return msg
 }
 
 func (c *RabbitMQConfig) build(d *Destination, log *slog.Logger) (router.Destination, error) {

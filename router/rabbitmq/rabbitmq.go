@@ -50,7 +50,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -194,14 +193,28 @@ func (c *Config) complete() error {
 
 // redact keeps a URL's password out of an error.
 func redact(err error, raw string) error {
-	u, perr := url.Parse(raw)
-	if perr != nil || u.User == nil {
-		return err
-	}
-	if p, ok := u.User.Password(); ok && p != "" {
-		return errors.New(strings.ReplaceAll(err.Error(), p, "xxxxx"))
+	if msg := RedactURL(err.Error(), raw); msg != err.Error() {
+		return errors.New(msg)
 	}
 	return err
+}
+
+// RedactURL replaces the password of the URL raw in msg by xxxxx. It
+// does not parse raw, which may be malformed (that is often why msg
+// quotes it).
+func RedactURL(msg, raw string) string {
+	i, j := strings.Index(raw, "://"), strings.LastIndex(raw, "@")
+	if i < 0 || j < i+3 {
+		return msg
+	}
+	c := strings.IndexByte(raw[i+3:j], ':')
+	if c < 0 {
+		return msg
+	}
+	if pw := raw[i+3+c+1 : j]; pw != "" {
+		return strings.ReplaceAll(msg, pw, "xxxxx")
+	}
+	return msg
 }
 
 // Send publishes the events on one channel, in order, and waits for the
