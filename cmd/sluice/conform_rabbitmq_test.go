@@ -3,7 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -40,7 +43,24 @@ func newRabbitTarget(t *testing.T) conformTarget {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	brokerShared(t)
 	return &rabbitTarget{conn: conn, ch: ch}
+}
+
+// brokerShared holds the broker lock shared until cleanup: the tests in
+// router/rabbitmq that change the whole broker (a memory alarm, the
+// message size limit) hold it exclusively, so none runs during this one.
+func brokerShared(t *testing.T) {
+	path := filepath.Join(os.TempDir(), "sluice-rabbitmq-broker.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH); err != nil {
+		f.Close()
+		t.Fatalf("cannot lock %s: %v", path, err)
+	}
+	t.Cleanup(func() { f.Close() })
 }
 
 func (r *rabbitTarget) upstream(*testing.T) string { return rabbitAddr }

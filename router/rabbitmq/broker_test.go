@@ -8,9 +8,11 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -238,4 +240,24 @@ func (p *proxy) restore() {
 	p.mu.Lock()
 	p.cut = false
 	p.mu.Unlock()
+}
+
+// brokerLockPath is a lock file the tests that change the whole broker
+// (a resource alarm, max_message_size) hold exclusively, and the
+// conformance suite's rabbitmq target (cmd/sluice, another test process)
+// holds shared: so a node-wide change never lands in its run.
+var brokerLockPath = filepath.Join(os.TempDir(), "sluice-rabbitmq-broker.lock")
+
+// brokerWide waits for the exclusive broker lock, held until cleanup.
+func brokerWide(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile(brokerLockPath, os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatalf("cannot lock %s: %v", brokerLockPath, err)
+	}
+	t.Cleanup(func() { f.Close() }) // closing releases the lock
 }

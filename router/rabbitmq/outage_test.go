@@ -175,6 +175,7 @@ func TestConnectionClosedByBroker(t *testing.T) {
 }
 
 func TestBlockedBrokerThrottles(t *testing.T) {
+	brokerWide(t)
 	a := newAdmin(t)
 	x := a.exchange("topic")
 	q := a.queue(x, "#")

@@ -54,6 +54,7 @@ func TestOversizedRefusedAlone(t *testing.T) {
 	a := newAdmin(t)
 	x := a.exchange("topic")
 	q := a.queue(x, "#")
+	brokerWide(t)
 	// The broker's limit is 128 MiB, too large to send cheaply. It is
 	// read when a channel opens, so the test lowers it for the channel its
 	// destination opens first, then puts it back.
