@@ -669,3 +669,56 @@ func TestOpenRestoresStragglersOfReclaimedSegment(t *testing.T) {
 		t.Fatalf("straggler files %v left after their entries settled", stg)
 	}
 }
+
+// TestLostSetOutlivesIndex: seqs found lost (a damaged frame), then
+// reclaimed, then the index folder lost: the lost set's copy beside the
+// segments still names them, so Recover and Open report them.
+func TestLostSetOutlivesIndex(t *testing.T) {
+	d := damageFS{"mem", vfs.NewMem(), "/data"}
+	e, err := Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := consumerOf(t, e, "c")
+	appendIDs(t, e, "a", 0, 600, 30)
+	e.recordLost(3, 4, "a damaged frame (test)")
+	tx := c.Begin()
+	tx.Advance(e.LastSeq()+1, 0)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.Reclaim(); err != nil || n == 0 {
+		t.Fatalf("reclaim: %d %v", n, err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.fs.RemoveAll("/data/index"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Recover(d.options(&logCapture{}), []string{"c"})
+	if err != nil {
+		t.Fatalf("recover: %v", err)
+	}
+	if !slices.Contains(rep.Lost, SeqRange{3, 4}) {
+		t.Fatalf("recover reports lost %v, want 3-4 among them", rep.Lost)
+	}
+	e, err = Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if got := e.LostRanges(); !slices.Contains(got, SeqRange{3, 4}) {
+		t.Fatalf("lost %v after recovery, want 3-4 among them", got)
+	}
+	// A damaged copy is reported and the index's set used.
+	f, err := d.fs.Create("/data/log/lost", vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("3 4\nnot a range\n"))
+	f.Close()
+	if got, err := e.readLostFile(); err == nil || !strings.Contains(err.Error(), "line 2") || !slices.Equal(got, []SeqRange{{3, 4}}) {
+		t.Fatalf("damaged copy read as %v, %v; want 3-4 and an error naming line 2", got, err)
+	}
+}

@@ -187,8 +187,8 @@ func checkIndexVersion(db *pebble.DB) error {
 // file and replays the retained log) and makes sure of the consumers.
 func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) (map[uint64]Record, error) {
 	if err := e.loadLost(); err != nil {
-		e.log.Error("lost set unreadable; starting a new one", "err", err)
-		e.lost.ranges = nil
+		e.log.Error("lost set in the index unreadable; its copy beside the segments is kept", "err", err)
+		e.lost.ranges, _ = e.readLostFile()
 	}
 	cursors, entries, err := e.oldConsumers()
 	if err != nil {

@@ -257,8 +257,9 @@ const (
 	// a copy outside the index and Recover requeues them; when an index
 	// that lost its WAL names a reclaimed segment, Open restores that
 	// segment's stragglers from their file and requeues them for the
-	// consumers whose cursors are older than the log, instead of
-	// reporting them lost). As found: the only copy of a
+	// consumers whose cursors are older than the log; the lost set has a
+	// copy beside the segments, so that a lost index folder does not
+	// take the record of earlier losses with it). As found: the only copy of a
 	// pending event whose segment was reclaimed (a straggler: failed,
 	// skipped or aborted entry; a paused destination's whole backlog
 	// after a graceful stop) lives in the index. When Recover cannot keep
