@@ -17,11 +17,12 @@ import (
 // has been confirmed, so a Send that takes one finds it quiet: no confirm,
 // return or close of an earlier Send can reach it.
 type link struct {
-	conn  *amqp.Connection
-	idle  chan *channel // channels ready for a Send
-	slots chan struct{} // one per open channel: cap is Config.Channels
-	done  chan struct{} // closed when the connection is gone
-	err   error         // why it is gone; written before done is closed
+	serial int // 1 for the destination's first connection, 2 for the next, ...
+	conn   *amqp.Connection
+	idle   chan *channel // channels ready for a Send
+	slots  chan struct{} // one per open channel: cap is Config.Channels
+	done   chan struct{} // closed when the connection is gone
+	err    error         // why it is gone; written before done is closed
 	// blocked is the broker's reason while it blocks the connection
 	// (connection.blocked: a memory or disk alarm), nil otherwise.
 	blocked atomic.Pointer[string]

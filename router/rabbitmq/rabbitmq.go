@@ -125,6 +125,7 @@ type RabbitMQ struct {
 		link    *link
 		dialing chan struct{} // closed when the dial in progress ends; nil when none
 		dialErr error         // the last dial's error
+		links   int           // connections made
 		closed  bool
 	}
 }
@@ -307,6 +308,8 @@ func (r *RabbitMQ) connect(ctx context.Context) (*link, error) {
 		l.conn.Close()
 		return nil, ErrClosed
 	}
+	r.mu.links++
+	l.serial = r.mu.links
 	r.mu.link = l
 	return l, nil
 }
