@@ -118,10 +118,11 @@ func TestNackRetriedWithLaterEventsOfItsUser(t *testing.T) {
 	// Queue full holds one message and nacks the next (reject-publish);
 	// queue roomy takes anything.
 	full := unique(t, "full")
-	if _, err := a.ch.QueueDeclare(full, false, true, false, false, amqp.Table{"x-max-length": int32(1),
+	if _, err := a.ch.QueueDeclare(full, false, false, false, false, amqp.Table{"x-max-length": int32(1),
 		"x-overflow": "reject-publish"}); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { a.ch.QueueDelete(full, false, false, false) })
 	if err := a.ch.QueueBind(full, "full", x, false, nil); err != nil {
 		t.Fatal(err)
 	}
