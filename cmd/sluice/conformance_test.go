@@ -85,9 +85,10 @@ type conformThrottler interface {
 // Each builds its target for one test; it may skip the test when its
 // service cannot run here (say why).
 var conformTargets = map[string]func(t *testing.T) conformTarget{
-	"webhook": newWebhookTarget,
-	"file":    newFileTarget,
-	"kafka":   newKafkaTarget,
+	"webhook":  newWebhookTarget,
+	"file":     newFileTarget,
+	"kafka":    newKafkaTarget,
+	"rabbitmq": newRabbitTarget,
 }
 
 func TestConformance(t *testing.T) {
