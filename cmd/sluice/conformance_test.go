@@ -88,6 +88,7 @@ var conformTargets = map[string]func(t *testing.T) conformTarget{
 	"webhook":  newWebhookTarget,
 	"file":     newFileTarget,
 	"kafka":    newKafkaTarget,
+	"nats":     newNATSTarget,
 	"rabbitmq": newRabbitTarget,
 }
 
