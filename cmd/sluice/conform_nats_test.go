@@ -31,7 +31,6 @@ const natsConformURL = "127.0.0.1:4222"
 // far smaller, the poison far larger.
 const natsConformMaxMsg = 2048
 
-
 func newNATSTarget(t *testing.T) conformTarget {
 	nc, err := nats.Connect("nats://"+natsConformURL, nats.Timeout(5*time.Second))
 	if err != nil {
