@@ -187,6 +187,7 @@ func (m *Mapping) newRow(p map[string]any, idx int, seq uint64, id string, recv 
 	b.fixed("uuid_ts", Value{TypeDatetime, time.Time{}}) // set at load
 	if c, ok := p["context"].(map[string]any); ok {
 		b.object(c, []string{"context"}, []string{"context"})
+		b.settle(true) // context_* are standard columns: they win
 	}
 	return b
 }
@@ -278,6 +279,18 @@ func (b *rowBuilder) object(o map[string]any, path, prefix []string) {
 // (else the first by key), and each other gets the name with a suffix
 // hashed from its key (Names.Suffixed), the same in every row.
 func (b *rowBuilder) finish(table string) *Row {
+	b.settle(false)
+	for i := range b.row.Discards {
+		d := &b.row.Discards[i]
+		d.Table, d.RowID, d.ReceivedAt = table, b.row.ID, b.row.ReceivedAt
+	}
+	return b.row
+}
+
+// settle names the leaves collected so far (see finish), as standard
+// columns if std.
+func (b *rowBuilder) settle(std bool) {
+	defer func() { b.leaves = b.leaves[:0] }()
 	byName := map[string][]int{}
 	for i, l := range b.leaves {
 		byName[l.name] = append(byName[l.name], i)
@@ -300,6 +313,9 @@ func (b *rowBuilder) finish(table string) *Row {
 				}
 			}
 			b.row.Cells[n] = b.leaves[keep].v
+			if std {
+				b.fixedN[n] = true
+			}
 		}
 		for _, i := range idx {
 			if i != keep {
@@ -315,12 +331,10 @@ func (b *rowBuilder) finish(table string) *Row {
 			continue
 		}
 		b.row.Cells[n] = l.v
+		if std {
+			b.fixedN[n] = true
+		}
 	}
-	for i := range b.row.Discards {
-		d := &b.row.Discards[i]
-		d.Table, d.RowID, d.ReceivedAt = table, b.row.ID, b.row.ReceivedAt
-	}
-	return b.row
 }
 
 // str is a JSON scalar as text ("" for null, objects and arrays).

@@ -230,7 +230,7 @@ func typed(tables []*batchTable, known map[string]Schema, now time.Time) (loads 
 				vals[i] = cv.V
 			}
 			for name, v := range r.Cells {
-				if _, ok := cols[name]; !ok { // the migration could not add it
+				if _, ok := cols[name]; !ok && v.V != nil { // the migration could not add it
 					ds = append(ds, Discard{Table: bt.table, Column: name, Value: text(v), Reason: "no such column", RowID: r.ID, ReceivedAt: r.ReceivedAt})
 				}
 			}

@@ -92,7 +92,9 @@ func harness(t *testing.T) warehousetest.Harness {
 			}
 			return out
 		},
-		Drop:  func(t testing.TB, schema string) { exec(t, admin(t), "DROP SCHEMA IF EXISTS "+ident(schema)+" CASCADE") },
+		Drop: func(t testing.TB, schema string) {
+			exec(t, admin(t), "DROP SCHEMA IF EXISTS "+ident(schema)+" CASCADE")
+		},
 		Table: func(schema, table string) string { return ident(schema, table) },
 		CheckMaxLen: func(schema, table, col string, n int) string {
 			return fmt.Sprintf("ALTER TABLE %s ADD CONSTRAINT %s CHECK (length(%s) <= %d)", ident(schema, table), ident(col+"_len"), ident(col), n)
