@@ -317,7 +317,7 @@ func (s *suite) check(t *testing.T) {
 	if res.Err != nil || res.Status != 200 || len(res.Rejected) != 1 || res.Rejected[0].Index != 12 || res.Rejected[0].Status != 400 {
 		t.Fatalf("result %+v, rejected %s", res, rejected(res))
 	}
-	if !strings.Contains(strings.ToLower(string(res.Rejected[0].Reason)), "check") && !strings.Contains(string(res.Rejected[0].Reason), "constraint") {
+	if why := strings.ToLower(string(res.Rejected[0].Reason)); !strings.Contains(why, "constraint") || !strings.Contains(why, "text_len") {
 		t.Errorf("reason %q does not carry the database's message", res.Rejected[0].Reason)
 	}
 	for _, table := range []string{"tracks", "commented"} {
