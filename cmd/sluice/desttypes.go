@@ -38,6 +38,8 @@ type destConfig interface {
 var destTypes = map[string]destType{
 	"webhook": {batch: 1, complete: completeWebhook},
 	"file":    {batch: 100, complete: completeFile},
+	// warehouses (dest_warehouse.go)
+	"postgres": {batch: 1000, complete: completePostgres}, "mysql": {batch: 1000, complete: completeMySQL},
 }
 
 // destTypeNames lists the destination types, sorted.

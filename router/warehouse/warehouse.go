@@ -43,9 +43,14 @@ type Config struct {
 	// SkipTracks leaves the tracks table out (event tables stay);
 	// SkipUsers leaves the users table out.
 	SkipTracks, SkipUsers bool
-	// BatchMaxEvents caps the rows of one transaction: a larger Send is
+	// BatchMaxEvents caps the events of one transaction: a larger Send is
 	// loaded in several, in order. Default 10,000.
 	BatchMaxEvents int
+	// BatchMaxWait, when positive, lets a Send wait up to this long for
+	// concurrent Sends to join its transaction (up to BatchMaxEvents
+	// events together): fewer, larger transactions when the router sends
+	// many small batches. Default 0: each Send is its own transaction.
+	BatchMaxWait time.Duration
 	// Logger receives migrations and refusals. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -67,7 +72,12 @@ type Warehouse struct {
 	// them across processes), so that concurrent Sends adding one column
 	// do not race; loads do not take it.
 	ddl sync.Mutex
-	mu  struct {
+	// joining is the open coalesced load that Sends may join (coalesce.go).
+	joining struct {
+		sync.Mutex
+		open *pool
+	}
+	mu struct {
 		sync.Mutex
 		schemas map[string]Schema // as last read from the database
 	}
@@ -97,21 +107,43 @@ func (w *Warehouse) Close() error { return w.d.Close() }
 // Send loads events: see the package doc. Events the database refuses
 // one by one (a constraint, a value too long) or that have no place in
 // the schema are named in Result.Rejected (status 400) and the others
-// load; a lone refused event is answered 400.
+// load; a lone refused event is answered 400. With BatchMaxWait, the
+// events may share a transaction with other Sends' (coalesce.go).
 func (w *Warehouse) Send(ctx context.Context, events []router.Event) router.Result {
-	refused := map[int]string{}
+	if w.cfg.BatchMaxWait > 0 && len(events) < w.cfg.BatchMaxEvents {
+		return w.coalesce(ctx, events)
+	}
+	refused, fail, ok := w.loadAll(ctx, events)
+	if !ok {
+		return fail
+	}
+	return answer(refused, 0, len(events))
+}
+
+// loadAll loads events, BatchMaxEvents per transaction, returning the
+// refused events by index, or the failure when ok is false.
+func (w *Warehouse) loadAll(ctx context.Context, events []router.Event) (refused map[int]string, fail router.Result, ok bool) {
+	refused = map[int]string{}
 	for lo := 0; lo < len(events); lo += w.cfg.BatchMaxEvents {
 		hi := min(lo+w.cfg.BatchMaxEvents, len(events))
 		if res, ok := w.sendPart(ctx, events, lo, hi, refused); !ok {
-			return res
+			return nil, res, false
 		}
 	}
-	if len(events) == 1 && len(refused) == 1 {
-		return router.Result{Status: 400, Body: []byte(refused[0])}
+	return refused, router.Result{}, true
+}
+
+// answer is the Result of events [lo, lo+n) of a load that refused those
+// in refused (indexes in the load).
+func answer(refused map[int]string, lo, n int) router.Result {
+	if n == 1 {
+		if why, ok := refused[lo]; ok {
+			return router.Result{Status: 400, Body: []byte(why)}
+		}
 	}
 	res := router.Result{Status: 200}
-	for i := range events {
-		if why, ok := refused[i]; ok {
+	for i := range n {
+		if why, ok := refused[lo+i]; ok {
 			res.Rejected = append(res.Rejected, router.Rejection{Index: i, Status: 400, Reason: []byte(why)})
 		}
 	}

@@ -53,6 +53,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("UsersLatestWins", s.users)
 	t.Run("ConcurrentMigrations", s.concurrent)
 	t.Run("PermissionDeniedPauses", s.permission)
+	t.Run("CoalescedSends", s.coalesced)
 }
 
 type suite struct{ h Harness }
@@ -447,5 +448,48 @@ func (s *suite) permission(t *testing.T) {
 	res := send(t, w, Event(1, "web", SpecTrack))
 	if !res.Pause || res.Err == nil || !strings.Contains(res.Err.Error(), "permission") {
 		t.Fatalf("a load without the right to create: %+v, want a pause", res)
+	}
+}
+
+func (s *suite) coalesced(t *testing.T) {
+	// the pool fills (8 Sends of 10 events = BatchMaxEvents) long before
+	// the wait ends: one transaction, each Send told of its own refusal
+	w, sch := s.fresh(t, s.h.Addr, func(c *warehouse.Config) { c.BatchMaxEvents, c.BatchMaxWait = 80, time.Minute })
+	w2, _ := warehouse.New(warehouse.Config{Dialect: s.h.Open(t, s.h.Addr), Schema: sch})
+	defer w2.Close()
+	mustLoad(t, w2, Event(1, "web", Track("m0", "u0", "Noted", map[string]any{"text": "hi"})))
+	s.h.Exec(t, s.h.CheckMaxLen(sch, "noted", "text", 10))
+	results := make([]router.Result, 8)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var batch []router.Event
+			for i := range 10 {
+				text := "ok"
+				if g == 3 && i == 4 {
+					text = "far too long for the check"
+				}
+				batch = append(batch, Event(uint64(g*10+i+2), "web", Track(fmt.Sprintf("n%d-%d", g, i), fmt.Sprintf("u%d", g), "Noted", map[string]any{"text": text})))
+			}
+			results[g] = send(t, w, batch...)
+		}()
+	}
+	wg.Wait()
+	for g, res := range results {
+		want := 0
+		if g == 3 {
+			want = 1
+		}
+		if res.Err != nil || res.Status != 200 || len(res.Rejected) != want || want == 1 && res.Rejected[0].Index != 4 {
+			t.Errorf("send %d: %+v %s", g, res, rejected(res))
+		}
+	}
+	if got := s.q(t, "SELECT COUNT(*) FROM "+s.h.Table(sch, "noted")); got != "80" {
+		t.Errorf("noted: %s rows, want 80", got)
+	}
+	if st := w.Stats(); st.Loads != 1 {
+		t.Errorf("%d transactions for 8 coalesced Sends, want 1", st.Loads)
 	}
 }
