@@ -27,8 +27,8 @@ type Dialect interface {
 // Tx is one load transaction.
 type Tx interface {
 	// Insert writes t's rows into its table where their key is absent (in
-	// users, Upsert: merged into the present row, see TableLoad). It is one
-	// statement as far as errors go: on error none of t's rows are in.
+	// users, Upsert: merged into the present row, see TableLoad). On error
+	// some rows may be in: the caller rolls back (to a savepoint).
 	Insert(ctx context.Context, t *TableLoad) error
 	// Savepoint, RollbackTo and Release manage one savepoint, named name.
 	Savepoint(ctx context.Context, name string) error
@@ -38,6 +38,12 @@ type Tx interface {
 	// Rollback ends the transaction if it is still open; after Commit it
 	// does nothing.
 	Rollback(ctx context.Context) error
+}
+
+// InsertAller is a Tx that inserts several tables (each once) faster
+// than one Insert each; on error, none is taken to be in.
+type InsertAller interface {
+	InsertAll(ctx context.Context, loads []*TableLoad) error
 }
 
 // Schema is a database schema as loaded: table -> column -> type.

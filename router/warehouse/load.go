@@ -107,10 +107,18 @@ func (w *Warehouse) commit(ctx context.Context, loads []*TableLoad) ([]int64, er
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	n := make([]int64, len(loads))
 	for i, t := range loads {
-		if err := tx.Insert(ctx, t); err != nil {
-			return nil, w.wrap(fmt.Sprintf("load %s.%s", t.Schema, t.Table), err)
-		}
 		n[i] = int64(len(t.Rows))
+	}
+	if all, ok := tx.(InsertAller); ok {
+		if err := all.InsertAll(ctx, loads); err != nil {
+			return nil, w.wrap("load", err)
+		}
+	} else {
+		for _, t := range loads {
+			if err := tx.Insert(ctx, t); err != nil {
+				return nil, w.wrap(fmt.Sprintf("load %s.%s", t.Schema, t.Table), err)
+			}
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		le := w.wrap("commit", err).(*loadError)
@@ -238,4 +246,36 @@ func sameSchema(a, b Schema) bool {
 		}
 	}
 	return true
+}
+
+// Plan returns the table loads that Send would write for events (after
+// migrating the schema for them), without writing them: what a benchmark's
+// ceiling writes by itself, or a tool shows.
+func (w *Warehouse) Plan(ctx context.Context, events []router.Event) ([]*TableLoad, error) {
+	mapped := make([]Mapped, len(events))
+	skip := map[int]bool{}
+	for i, e := range events {
+		m, err := w.mapping.Map(e, i)
+		if err != nil {
+			skip[i] = true
+			continue
+		}
+		mapped[i] = m
+	}
+	tables := group(mapped, skip)
+	names := map[string]bool{}
+	for _, t := range tables {
+		names[t.schema] = true
+	}
+	known, err := w.schemas(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	if migs := migrations(tables, known); len(migs) > 0 {
+		if known, err = w.migrate(ctx, migs, names); err != nil {
+			return nil, err
+		}
+	}
+	loads, _ := typed(tables, known, now())
+	return loads, nil
 }

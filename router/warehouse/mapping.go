@@ -1,12 +1,12 @@
 package warehouse
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sluice-cdi/sluice/router"
@@ -28,6 +28,34 @@ type Mapping struct {
 	// SkipTracks leaves track events out of the tracks table (they still
 	// go to their event's table); SkipUsers leaves the users table out.
 	SkipTracks, SkipUsers bool
+
+	cache *nameCache // nil: no cache (New sets one)
+}
+
+// nameCache remembers the column names of key paths: events of one
+// source repeat the same keys. Bounded: past namesCachedMax it stops
+// adding (the names are still right, only computed each time).
+type nameCache struct {
+	mu    sync.RWMutex
+	names map[string]string
+}
+
+const namesCachedMax = 100_000
+
+func (c *nameCache) get(raw string, f func() string) string {
+	c.mu.RLock()
+	n, ok := c.names[raw]
+	c.mu.RUnlock()
+	if ok {
+		return n
+	}
+	n = f()
+	c.mu.Lock()
+	if len(c.names) < namesCachedMax {
+		c.names[raw] = n
+	}
+	c.mu.Unlock()
+	return n
 }
 
 // Row is one event's row in one table.
@@ -72,10 +100,8 @@ var standardColumns = []string{"id", "anonymous_id", "user_id", "received_at", "
 
 // Map returns the rows of event e, the idx-th of its batch.
 func (m *Mapping) Map(e router.Event, idx int) (Mapped, error) {
-	d := json.NewDecoder(bytes.NewReader(e.Payload))
-	d.UseNumber()
-	var p map[string]any
-	if err := d.Decode(&p); err != nil {
+	p, err := decodeObject(e.Payload)
+	if err != nil {
 		return Mapped{}, fmt.Errorf("%w: not a JSON object: %v", ErrUnmappable, err)
 	}
 	typ, _ := p["type"].(string)
@@ -98,8 +124,12 @@ func (m *Mapping) Map(e router.Event, idx int) (Mapped, error) {
 		recv = t
 	}
 	out := Mapped{Schema: schema}
+	var base *rowBuilder // the standard columns and context, built once
 	add := func(table string, extra func(b *rowBuilder)) {
-		b := m.newRow(p, idx, e.Seq, id, recv)
+		if base == nil {
+			base = m.newRow(p, idx, e.Seq, id, recv)
+		}
+		b := base.clone()
 		if extra != nil {
 			extra(b)
 		}
@@ -110,17 +140,23 @@ func (m *Mapping) Map(e router.Event, idx int) (Mapped, error) {
 	case "track":
 		name := str(p["event"])
 		table := m.Names.Table(name)
-		std := func(b *rowBuilder) {
-			b.fixed("event", Value{TypeString, table})
-			b.fixed("event_text", Value{TypeString, name})
-		}
-		if !m.SkipTracks {
-			add(TableTracks, std)
-		}
-		if SnakeCase(name) != "" {
-			add(table, func(b *rowBuilder) { std(b); b.object(obj("properties"), []string{"properties"}, nil) })
-		} else if m.SkipTracks {
+		hasTable := SnakeCase(name) != ""
+		if !hasTable && m.SkipTracks {
 			return Mapped{}, fmt.Errorf("%w: a track with no event name and skip_tracks_table", ErrUnmappable)
+		}
+		base = m.newRow(p, idx, e.Seq, id, recv)
+		base.fixed("event", Value{TypeString, table})
+		base.fixed("event_text", Value{TypeString, name})
+		var ev *rowBuilder
+		if hasTable {
+			ev = base.clone()
+			ev.object(obj("properties"), []string{"properties"}, nil)
+		}
+		if !m.SkipTracks { // tracks: the standard columns only
+			out.Rows = append(out.Rows, TableRow{TableTracks, base.finish(TableTracks)})
+		}
+		if hasTable {
+			out.Rows = append(out.Rows, TableRow{table, ev.finish(table)})
 		}
 	case "identify":
 		traits := userTraits(p)
@@ -197,12 +233,27 @@ func (m *Mapping) builder(idx int, seq uint64, id string, recv time.Time) *rowBu
 		row: &Row{Event: idx, Seq: seq, ID: id, ReceivedAt: recv, Cells: map[string]Value{}}}
 }
 
+// clone is a copy of b to go on with: the same cells so far, none of
+// its leaves.
+func (b *rowBuilder) clone() *rowBuilder {
+	r := *b.row
+	r.Cells = make(map[string]Value, len(b.row.Cells)+16)
+	for k, v := range b.row.Cells {
+		r.Cells[k] = v
+	}
+	r.Discards = append([]Discard(nil), b.row.Discards...)
+	b.sharedFixed = true
+	return &rowBuilder{m: b.m, row: &r, fixedN: b.fixedN, sharedFixed: true}
+}
+
 // rowBuilder collects a row's cells, then resolves name collisions.
 type rowBuilder struct {
 	m      *Mapping
 	row    *Row
 	fixedN map[string]bool
-	leaves []leaf
+	// sharedFixed: fixedN is shared with a clone (copy before writing)
+	sharedFixed bool
+	leaves      []leaf
 }
 
 // leaf is one flattened value before its name is settled.
@@ -214,6 +265,7 @@ type leaf struct {
 
 // fixed sets a standard column: it keeps its name whatever else claims it.
 func (b *rowBuilder) fixed(col string, v Value) {
+	b.ownFixed()
 	b.fixedN[col] = true
 	b.row.Cells[col] = v
 }
@@ -249,20 +301,27 @@ func (b *rowBuilder) object(o map[string]any, path, prefix []string) {
 	slices.Sort(keys) // a fixed order, so collisions resolve the same way
 	for _, k := range keys {
 		v := o[k]
-		p := append(path[:len(path):len(path)], k)
 		np := append(prefix[:len(prefix):len(prefix)], k)
-		if slices.Contains(b.m.JSONColumns, strings.Join(p, ".")) {
-			if v == nil {
+		var p []string // the event path, needed for json_columns and below
+		if len(b.m.JSONColumns) > 0 {
+			p = append(path[:len(path):len(path)], k)
+			if slices.Contains(b.m.JSONColumns, strings.Join(p, ".")) {
+				if v == nil {
+					continue
+				}
+				j, err := json.Marshal(v)
+				if err != nil {
+					continue
+				}
+				raw := strings.Join(np, "_")
+				b.leaves = append(b.leaves, leaf{raw: raw, name: b.m.column(raw), v: Value{TypeJSON, string(j)}})
 				continue
 			}
-			j, err := json.Marshal(v)
-			if err != nil {
-				continue
-			}
-			b.leaves = append(b.leaves, leaf{raw: strings.Join(np, "_"), name: b.m.Names.Column(np...), v: Value{TypeJSON, string(j)}})
-			continue
 		}
 		if sub, ok := v.(map[string]any); ok {
+			if p == nil {
+				p = append(path[:len(path):len(path)], k)
+			}
 			b.object(sub, p, np)
 			continue
 		}
@@ -270,8 +329,18 @@ func (b *rowBuilder) object(o map[string]any, path, prefix []string) {
 		if !ok {
 			continue
 		}
-		b.leaves = append(b.leaves, leaf{raw: strings.Join(np, "_"), name: b.m.Names.Column(np...), v: val})
+		raw := strings.Join(np, "_")
+		b.leaves = append(b.leaves, leaf{raw: raw, name: b.m.column(raw), v: val})
 	}
+}
+
+// column is the column name of a flattened key path joined with "_"
+// (the same as Names.Column of its parts), remembered.
+func (m *Mapping) column(raw string) string {
+	if m.cache == nil {
+		return m.Names.Sanitize(SnakeCase(raw))
+	}
+	return m.cache.get(raw, func() string { return m.Names.Sanitize(SnakeCase(raw)) })
 }
 
 // finish settles the names: a standard column keeps its name; among
@@ -290,43 +359,35 @@ func (b *rowBuilder) finish(table string) *Row {
 // settle names the leaves collected so far (see finish), as standard
 // columns if std.
 func (b *rowBuilder) settle(std bool) {
-	defer func() { b.leaves = b.leaves[:0] }()
-	byName := map[string][]int{}
-	for i, l := range b.leaves {
-		byName[l.name] = append(byName[l.name], i)
+	if std {
+		b.ownFixed()
 	}
-	names := make([]string, 0, len(byName))
-	for n := range byName {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	taken := func(n string) bool { _, ok := b.row.Cells[n]; return ok || b.fixedN[n] }
 	var later []int
-	for _, n := range names {
-		idx := byName[n]
-		keep := -1
-		if !b.fixedN[n] {
-			keep = idx[0]
-			for _, i := range idx {
-				if b.leaves[i].raw == n {
-					keep = i
-				}
-			}
-			b.row.Cells[n] = b.leaves[keep].v
-			if std {
-				b.fixedN[n] = true
-			}
+	for i, l := range b.leaves {
+		if b.fixedN[l.name] {
+			later = append(later, i)
+			continue
 		}
-		for _, i := range idx {
-			if i != keep {
+		if _, taken := b.row.Cells[l.name]; taken {
+			// another leaf of this round has it (rare): find which
+			j := slices.IndexFunc(b.leaves[:i], func(o leaf) bool { return o.name == l.name })
+			if j >= 0 && l.raw == l.name && b.leaves[j].raw != l.name {
+				b.row.Cells[l.name] = l.v
+				later = append(later, j)
+			} else {
 				later = append(later, i)
 			}
+			continue
+		}
+		b.row.Cells[l.name] = l.v
+		if std {
+			b.fixedN[l.name] = true
 		}
 	}
 	for _, i := range later {
 		l := b.leaves[i]
 		n := b.m.Names.Suffixed(l.name, l.raw)
-		if taken(n) {
+		if _, taken := b.row.Cells[n]; taken || b.fixedN[n] {
 			b.row.Discards = append(b.row.Discards, Discard{Column: l.name, Value: text(l.v), Reason: "column name collision"})
 			continue
 		}
@@ -335,6 +396,20 @@ func (b *rowBuilder) settle(std bool) {
 			b.fixedN[n] = true
 		}
 	}
+	b.leaves = b.leaves[:0]
+}
+
+// ownFixed makes b's set of standard names its own before it changes (a
+// clone shares its original's until then).
+func (b *rowBuilder) ownFixed() {
+	if !b.sharedFixed {
+		return
+	}
+	f := make(map[string]bool, len(b.fixedN)+4)
+	for k, v := range b.fixedN {
+		f[k] = v
+	}
+	b.fixedN, b.sharedFixed = f, false
 }
 
 // str is a JSON scalar as text ("" for null, objects and arrays).

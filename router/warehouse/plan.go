@@ -2,6 +2,7 @@ package warehouse
 
 import (
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -129,8 +130,7 @@ func migrations(tables []*batchTable, known map[string]Schema) []Migration {
 		added := map[string]int{}
 		widened := map[string]bool{}
 		for _, r := range bt.rows {
-			for _, name := range sortedKeys(r.Cells) {
-				v := r.Cells[name]
+			for name, v := range r.Cells { // per column, rows in order: any column order will do
 				if have, ok := cols[name]; ok {
 					if widens(have, v.T) && !widened[name] {
 						widened[name] = true
@@ -146,6 +146,8 @@ func migrations(tables []*batchTable, known map[string]Schema) []Migration {
 				m.Add = append(m.Add, Column{name, v.T})
 			}
 		}
+		slices.SortFunc(m.Add, func(a, b Column) int { return strings.Compare(a.Name, b.Name) })
+		slices.SortFunc(m.Widen, func(a, b Column) int { return strings.Compare(a.Name, b.Name) })
 		if m.Create || len(m.Add) > 0 || len(m.Widen) > 0 {
 			if m.Create {
 				m.Add = keyFirst(m.Add, m.Key)

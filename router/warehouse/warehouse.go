@@ -96,7 +96,7 @@ func New(cfg Config) (*Warehouse, error) {
 	}
 	w := &Warehouse{cfg: cfg, d: cfg.Dialect, log: cfg.Logger, stats: newStats()}
 	w.mapping = Mapping{Names: cfg.Dialect.Names(), Schema: cfg.Schema, JSONColumns: cfg.JSONColumns,
-		SkipTracks: cfg.SkipTracks, SkipUsers: cfg.SkipUsers}
+		SkipTracks: cfg.SkipTracks, SkipUsers: cfg.SkipUsers, cache: &nameCache{names: map[string]string{}}}
 	w.mu.schemas = map[string]Schema{}
 	return w, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/sluice-cdi/sluice/router/warehouse"
@@ -104,3 +105,41 @@ func exec(t testing.TB, db *sql.DB, q string) {
 }
 
 func TestMySQL(t *testing.T) { warehousetest.Run(t, harness()) }
+
+// BenchmarkLoad: events/s through the warehouse beside multi-row INSERTs of
+// the same rows into the same tables, in one transaction per batch, doing
+// nothing else (the ceiling).
+func BenchmarkLoad(b *testing.B) {
+	d, err := New(Config{DSN: dsn(addr(), "root"), PoolSize: warehousetest.BenchSenders})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	warehousetest.Bench(b, harness(), func(ctx context.Context, loads []*warehouse.TableLoad) error {
+		tx, err := d.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		for _, l := range loads {
+			cols := make([]string, len(l.Columns))
+			for i, c := range l.Columns {
+				cols[i] = ident(c.Name)
+			}
+			one := "(" + strings.TrimSuffix(strings.Repeat("?, ", len(cols)), ", ") + ")"
+			for lo := 0; lo < len(l.Rows); lo += rowsPerStatementMax {
+				rows := l.Rows[lo:min(lo+rowsPerStatementMax, len(l.Rows))]
+				var args []any
+				for _, r := range rows {
+					args = append(args, r...)
+				}
+				q := fmt.Sprintf("INSERT INTO %s (%s) VALUES %s", qualified(l.Schema, l.Table), strings.Join(cols, ", "),
+					strings.TrimSuffix(strings.Repeat(one+", ", len(rows)), ", "))
+				if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.Commit()
+	})
+}

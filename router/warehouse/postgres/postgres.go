@@ -177,51 +177,95 @@ func (d *Dialect) Begin(ctx context.Context) (warehouse.Tx, error) {
 	return &loadTx{tx: tx}, nil
 }
 
-// loadTx is one load transaction; stages counts its staging tables.
+// loadTx is one load transaction.
 type loadTx struct {
-	tx     pgx.Tx
-	stages int
+	tx pgx.Tx
 }
 
-// Insert copies t's rows into a staging table shaped like the target (so
-// the target's types apply, and its CHECK constraints at the insert), then
-// inserts them where absent, or merges them (users).
-func (t *loadTx) Insert(ctx context.Context, l *warehouse.TableLoad) error {
-	// pgx caches the description of the staging table by its name and
-	// columns: the name carries the target and the columns' types as
-	// known, so that a table whose types changed gets a fresh one.
+// A staging table is a temporary table shaped like its target (LIKE, so
+// the target's types apply, and its CHECK constraints at the insert):
+// created once per connection and shape, emptied at every commit (ON
+// COMMIT DELETE ROWS), so that a load adds nothing to the catalog. Its name
+// carries the target and the columns' types as known (pgx caches the
+// table's description by name): a table whose types changed gets another.
+func stageName(l *warehouse.TableLoad) string {
 	h := fnv.New64a()
 	fmt.Fprint(h, l.Schema, ".", l.Table)
 	for _, c := range l.Columns {
 		fmt.Fprint(h, ",", c.Name, " ", c.Type)
 	}
-	t.stages++
-	stage := fmt.Sprintf("sluice_stage_%016x_%d", h.Sum64(), t.stages)
-	target := ident(l.Schema, l.Table)
-	if _, err := t.tx.Exec(ctx, fmt.Sprintf("CREATE TEMP TABLE %s (LIKE %s INCLUDING DEFAULTS) ON COMMIT DROP", stage, target)); err != nil {
-		return err
-	}
-	cols := make([]string, len(l.Columns))
+	return fmt.Sprintf("sluice_stage_%016x", h.Sum64())
+}
+
+func createStage(stage string, l *warehouse.TableLoad) string {
+	return fmt.Sprintf("CREATE TEMP TABLE IF NOT EXISTS %s (LIKE %s INCLUDING DEFAULTS) ON COMMIT DELETE ROWS", stage, ident(l.Schema, l.Table))
+}
+
+// insertStaged is the statement that moves a staging table's rows into
+// the target where their key is absent (users: merged).
+func insertStaged(stage string, l *warehouse.TableLoad) string {
 	quoted := make([]string, len(l.Columns))
 	for i, c := range l.Columns {
-		cols[i], quoted[i] = c.Name, ident(c.Name)
-	}
-	if _, err := t.tx.CopyFrom(ctx, pgx.Identifier{stage}, cols, pgx.CopyFromRows(l.Rows)); err != nil {
-		return err
+		quoted[i] = ident(c.Name)
 	}
 	list := strings.Join(quoted, ", ")
 	key := make([]string, len(l.Key))
 	for i, k := range l.Key {
 		key[i] = ident(k)
 	}
-	q := fmt.Sprintf("INSERT INTO %s AS t (%s) SELECT %s FROM %s ON CONFLICT (%s) ", target, list, list, stage, strings.Join(key, ", "))
+	q := fmt.Sprintf("INSERT INTO %s AS t (%s) SELECT %s FROM %s ON CONFLICT (%s) ", ident(l.Schema, l.Table), list, list, stage, strings.Join(key, ", "))
 	if l.Upsert {
-		q += "DO UPDATE SET " + mergeSet(l)
-	} else {
-		q += "DO NOTHING"
+		return q + "DO UPDATE SET " + mergeSet(l)
 	}
-	_, err := t.tx.Exec(ctx, q)
+	return q + "DO NOTHING"
+}
+
+func columnNames(l *warehouse.TableLoad) []string {
+	cols := make([]string, len(l.Columns))
+	for i, c := range l.Columns {
+		cols[i] = c.Name
+	}
+	return cols
+}
+
+// Insert copies l's rows into its staging table (emptied first: a
+// bisection inserts one table several times in a transaction), then
+// inserts them where absent, or merges them (users).
+func (t *loadTx) Insert(ctx context.Context, l *warehouse.TableLoad) error {
+	stage := stageName(l)
+	b := &pgx.Batch{}
+	b.Queue(createStage(stage, l))
+	b.Queue("TRUNCATE " + stage)
+	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	if _, err := t.tx.CopyFrom(ctx, pgx.Identifier{stage}, columnNames(l), pgx.CopyFromRows(l.Rows)); err != nil {
+		return err
+	}
+	_, err := t.tx.Exec(ctx, insertStaged(stage, l))
 	return err
+}
+
+// InsertAll is Insert of several tables (each once) in fewer round trips:
+// the staging tables in one batch, a COPY each, the inserts in one batch.
+func (t *loadTx) InsertAll(ctx context.Context, loads []*warehouse.TableLoad) error {
+	stages := make([]string, len(loads))
+	b := &pgx.Batch{}
+	for i, l := range loads {
+		stages[i] = stageName(l)
+		b.Queue(createStage(stages[i], l))
+	}
+	if err := t.tx.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	b = &pgx.Batch{}
+	for i, l := range loads {
+		if _, err := t.tx.CopyFrom(ctx, pgx.Identifier{stages[i]}, columnNames(l), pgx.CopyFromRows(l.Rows)); err != nil {
+			return fmt.Errorf("%s.%s: %w", l.Schema, l.Table, err)
+		}
+		b.Queue(insertStaged(stages[i], l))
+	}
+	return t.tx.SendBatch(ctx, b).Close()
 }
 
 // mergeSet is the SET of a users merge: a newer row (by received_at)

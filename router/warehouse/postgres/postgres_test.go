@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/sluice-cdi/sluice/router/warehouse"
 	"github.com/sluice-cdi/sluice/router/warehouse/warehousetest"
@@ -38,7 +39,7 @@ func admin(t testing.TB) *pgx.Conn {
 	return c
 }
 
-func harness(t *testing.T) warehousetest.Harness {
+func harness() warehousetest.Harness {
 	open := func(t testing.TB, a string) warehouse.Dialect {
 		d, err := New(context.Background(), Config{DSN: dsn(a, "postgres"), PoolSize: 8})
 		if err != nil {
@@ -111,4 +112,29 @@ func exec(t testing.TB, c *pgx.Conn, sql string) {
 	}
 }
 
-func TestPostgres(t *testing.T) { warehousetest.Run(t, harness(t)) }
+func TestPostgres(t *testing.T) { warehousetest.Run(t, harness()) }
+
+// BenchmarkLoad: events/s through the warehouse beside COPY of the same
+// rows into the same tables, in one transaction per batch, doing nothing
+// else (the ceiling).
+func BenchmarkLoad(b *testing.B) {
+	pool, err := pgxpool.New(context.Background(), dsn(addr(), "postgres"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	warehousetest.Bench(b, harness(), func(ctx context.Context, loads []*warehouse.TableLoad) error {
+		return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			for _, l := range loads {
+				cols := make([]string, len(l.Columns))
+				for i, c := range l.Columns {
+					cols[i] = c.Name
+				}
+				if _, err := tx.CopyFrom(ctx, pgx.Identifier{l.Schema, l.Table}, cols, pgx.CopyFromRows(l.Rows)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	})
+}
