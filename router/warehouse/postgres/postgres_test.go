@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -80,9 +81,13 @@ func harness() warehousetest.Harness {
 				}
 				var r []string
 				for _, v := range vals {
-					if v == nil {
+					switch v.(type) {
+					case nil:
 						r = append(r, "NULL")
-					} else {
+					case map[string]any, []any: // jsonb
+						j, _ := json.Marshal(v)
+						r = append(r, string(j))
+					default:
 						r = append(r, fmt.Sprint(v))
 					}
 				}

@@ -54,6 +54,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("ConcurrentMigrations", s.concurrent)
 	t.Run("PermissionDeniedPauses", s.permission)
 	t.Run("CoalescedSends", s.coalesced)
+	t.Run("JSONColumnsAndSkips", s.jsonColumns)
 }
 
 type suite struct{ h Harness }
@@ -491,5 +492,26 @@ func (s *suite) coalesced(t *testing.T) {
 	}
 	if st := w.Stats(); st.Loads != 1 {
 		t.Errorf("%d transactions for 8 coalesced Sends, want 1", st.Loads)
+	}
+}
+
+func (s *suite) jsonColumns(t *testing.T) {
+	w, sch := s.fresh(t, s.h.Addr, func(c *warehouse.Config) {
+		c.JSONColumns, c.SkipTracks, c.SkipUsers = []string{"properties.cart"}, true, true
+	})
+	mustLoad(t, w, Event(1, "web", Track("j1", "u1", "Cart Updated", map[string]any{"cart": map[string]any{"items": []any{1, "two"}, "total": 3.5}})),
+		Event(2, "web", Identify("j2", "u1", time.Now(), map[string]any{"plan": "pro"})))
+	got := s.q(t, "SELECT cart FROM "+s.h.Table(sch, "cart_updated"))
+	if strings.ReplaceAll(got, " ", "") != `{"items":[1,"two"],"total":3.5}` {
+		t.Errorf("json column holds %s", got)
+	}
+	cols := s.columns(t, w, sch, "cart_updated")
+	if _, flat := cols["cart_total"]; flat || cols["cart"] == warehouse.TypeUnknown {
+		t.Errorf("json column: columns %v", cols)
+	}
+	sc := s.columns(t, w, sch, "tracks")
+	su := s.columns(t, w, sch, "users")
+	if sc != nil || su != nil {
+		t.Errorf("skip_tracks_table, skip_users_table: tracks %v, users %v", sc, su)
 	}
 }
