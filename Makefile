@@ -16,6 +16,7 @@ SCENARIOS ?= all
 SCENARIO_FLAGS ?=
 
 .PHONY: build run test race fuzz bench bench-engine bench-scenarios bench-quick bench-report lint clean
+.PHONY: bench-warehouse
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sluice
@@ -56,6 +57,14 @@ bench-engine:
 		$(GO) test ./engine -run '^$$' -bench '$(BENCHKEY)' -benchtime $(BENCHKEYTIME) -count 1 -timeout 30m 2>&1; \
 	done | tee bench/out/engine-key.txt
 	@! grep -q '^FAIL' bench/out/engine.txt bench/out/engine-key.txt
+
+# The warehouses (Postgres and MariaDB on this machine), beside their COPY /
+# multi-row INSERT ceiling: about 6 minutes.
+bench: bench-warehouse
+bench-warehouse:
+	mkdir -p bench/out
+	$(GO) test ./router/warehouse/postgres ./router/warehouse/mysql -run '^$$' -bench Load -benchtime 30x -count 3 -timeout 30m 2>&1 | grep -v ' INFO ' | tee bench/out/warehouse.txt
+	@! grep -q '^FAIL' bench/out/warehouse.txt
 
 bench-scenarios:
 	$(GO) run ./cmd/sluice-bench run $(SCENARIO_FLAGS) $(SCENARIOS); status=$$?; \
