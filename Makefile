@@ -15,7 +15,7 @@ BENCHRUNS ?= 3
 SCENARIOS ?= all
 SCENARIO_FLAGS ?=
 
-.PHONY: build run test race fuzz bench bench-engine bench-scenarios bench-quick bench-report lint clean
+.PHONY: build run test race fuzz mutate bench bench-engine bench-scenarios bench-quick bench-report lint clean
 .PHONY: bench-warehouse
 
 build:
@@ -42,6 +42,11 @@ fuzz:
 	SLUICE_SIM_SEEDS=2000 $(GO) test ./fuzz -run '^TestSimulationSeeds$$' -count=1 -timeout 60m -v
 	SLUICE_SIM_META_SEEDS=100 $(GO) test ./fuzz -run '^TestSimulationMetamorphic$$' -count=1 -timeout 60m
 	$(GO) test ./fuzz -run '^$$' -fuzz '^FuzzSimulation$$' -fuzztime $(FUZZTIME)
+
+# Plants known bugs one at a time in a copy of HEAD and reports which the
+# tests catch (fuzz/mutate); not in CI: a package's tests run once per bug.
+mutate:
+	$(GO) run ./fuzz/mutate
 
 # The engine benchmarks (every benchmark once, about 3 minutes, then the key
 # cells BENCHRUNS times, about 1 minute each), then every scenario against
