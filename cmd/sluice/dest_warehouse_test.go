@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -78,5 +80,32 @@ func TestWarehouseConfigDefaults(t *testing.T) {
 	_, err = parseConfig([]byte(warehouseDoc("postgres", "      url: 'postgres://u:s3cret@h:notaport/db'\n")))
 	if err == nil || strings.Contains(err.Error(), "s3cret") {
 		t.Errorf("error %v shows the password", err)
+	}
+}
+
+// TestWarehouseReadmeExample: README.md's warehouse block is a valid
+// destination, with the defaults it shows.
+func TestWarehouseReadmeExample(t *testing.T) {
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(readme), "\n### Warehouses\n")
+	_, block, ok := strings.Cut(section, "```yaml\n")
+	block, _, _ = strings.Cut(block, "```")
+	if !ok || block == "" {
+		t.Fatal("no yaml block under README.md's Warehouses")
+	}
+	cfg, err := parseConfig([]byte(cfgHead + "destinations:\n" + block))
+	if err != nil {
+		t.Fatalf("README.md's warehouse example: %v", err)
+	}
+	w := cfg.Destinations[0].typed.(*WarehouseConfig)
+	if w.BatchMaxEvents != 10_000 || w.PoolSize != 8 || cfg.Destinations[0].BatchSize != 1000 {
+		t.Errorf("README.md's example decodes to %+v", w)
 	}
 }
