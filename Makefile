@@ -15,7 +15,7 @@ BENCHRUNS ?= 3
 SCENARIOS ?= all
 SCENARIO_FLAGS ?=
 
-.PHONY: build run test race fuzz mutate bench bench-engine bench-scenarios bench-kafka bench-quick bench-report lint clean
+.PHONY: build run test race fuzz mutate bench bench-engine bench-scenarios bench-destinations bench-kafka bench-nats bench-warehouse bench-quick bench-report lint clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sluice
@@ -52,7 +52,10 @@ mutate:
 # the real binary once (about 8 minutes) and the report into BENCHMARKS.md:
 # about 13 minutes on the 2-core machine. Results go to bench/out/;
 # BENCHMARKS.md says how to read them.
-bench: bench-engine bench-scenarios bench-kafka
+bench: bench-engine bench-scenarios bench-destinations
+
+# Each destination type beside its same-run ceiling (BENCHMARKS.md).
+bench-destinations: bench-kafka bench-nats bench-warehouse
 
 bench-engine:
 	mkdir -p bench/out
@@ -68,6 +71,13 @@ bench-kafka:
 	mkdir -p bench/out
 	$(GO) test ./router/kafka -run '^$$' -bench . -benchtime 200000x -count 3 -timeout 30m 2>&1 | tee bench/out/kafka.txt
 	@! grep -q '^FAIL' bench/out/kafka.txt
+
+# The warehouses (Postgres and MariaDB on this machine), beside their COPY /
+# multi-row INSERT ceiling: about 6 minutes.
+bench-warehouse:
+	mkdir -p bench/out
+	$(GO) test ./router/warehouse/postgres ./router/warehouse/mysql -run '^$$' -bench Load -benchtime 30x -count 3 -timeout 30m 2>&1 | grep -v ' INFO ' | tee bench/out/warehouse.txt
+	@! grep -q '^FAIL' bench/out/warehouse.txt
 
 bench-scenarios:
 	$(GO) run ./cmd/sluice-bench run $(SCENARIO_FLAGS) $(SCENARIOS); status=$$?; \

@@ -89,6 +89,8 @@ var conformTargets = map[string]func(t *testing.T) conformTarget{
 	"file":     newFileTarget,
 	"kafka":    newKafkaTarget,
 	"nats":     newNATSTarget,
+	"postgres": newPostgresTarget,
+	"mysql":    newMySQLTarget,
 	"rabbitmq": newRabbitTarget,
 }
 

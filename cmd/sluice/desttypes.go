@@ -38,8 +38,10 @@ type destConfig interface {
 var destTypes = map[string]destType{
 	"webhook":  {batch: 1, complete: completeWebhook},
 	"file":     {batch: 100, complete: completeFile},
-	"nats":     {batch: 100, complete: completeNATS},
+	"postgres": {batch: 1000, complete: completePostgres}, // dest_warehouse.go
+	"mysql":    {batch: 1000, complete: completeMySQL},
 	"kafka":    {batch: 100, complete: completeKafka},
+	"nats":     {batch: 100, complete: completeNATS},
 	"rabbitmq": {batch: 100, complete: completeRabbitMQ},
 }
 
