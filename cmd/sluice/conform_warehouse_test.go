@@ -17,6 +17,7 @@ import (
 // machine, one throwaway schema (database) per run. The events land in the
 // event's table (conformance_checked), which keeps no order; the poison is
 // an operator's CHECK constraint on it, added after the deliver phase.
+//
 // warehouseTarget is either warehouse; the differences are its SQL.
 type warehouseTarget struct {
 	typ, addr string
