@@ -46,8 +46,8 @@ func (e *Engine) reclaim(force bool) (int, error) {
 		if witness < 0 {
 			witness = e.seqWitness(segs)
 		}
-		if i >= witness {
-			break // see seqWitness
+		if i == witness {
+			continue // see seqWitness; those after it are empty, their headers not on disk
 		}
 		if ok, err := e.indexedThrough(s.lastSeq.Load(), force); err != nil || !ok {
 			e.refreshDiskUsage()
@@ -103,10 +103,10 @@ func (e *Engine) indexedThrough(seq uint64, force bool) (bool, error) {
 // disk where seqs stand: its header is synced (segment.headerDurable; for
 // the active segment, activeHeaderDurable syncs it if need be), or it is
 // sealed with records (synced before they were acknowledged). Reclaim
-// keeps it and everything after it: without the index, segment files are
-// the only record of the seqs given so far, and a later segment whose
-// header never reached the disk (a recycled file, a full disk) shows
-// nothing.
+// keeps it: without the index, segment files are the only record of the
+// seqs given so far, and a later segment whose header never reached the
+// disk (a recycled file, a full disk) shows nothing. Those later ones
+// (empty, sealed by rotations on a full disk) may go.
 func (e *Engine) seqWitness(segs []*segment) int {
 	last := len(segs) - 1
 	if last >= 0 && e.activeHeaderDurable(segs[last]) {
