@@ -87,6 +87,7 @@ type conformThrottler interface {
 var conformTargets = map[string]func(t *testing.T) conformTarget{
 	"webhook": newWebhookTarget,
 	"file":    newFileTarget,
+	"redis":   newRedisTarget,
 }
 
 func TestConformance(t *testing.T) {

@@ -38,6 +38,7 @@ type destConfig interface {
 var destTypes = map[string]destType{
 	"webhook": {batch: 1, complete: completeWebhook},
 	"file":    {batch: 100, complete: completeFile},
+	"redis":   {batch: 100, complete: completeRedis},
 }
 
 // destTypeNames lists the destination types, sorted.

@@ -392,26 +392,55 @@ func deliverAll(t *testing.T, d *Redis, users []string, n, batch int, disrupt fu
 	return outages
 }
 
+// TestClientKilledDuringDelivery kills the destination's connections while
+// their transactions wait in the server (CLIENT PAUSE WRITE holds them
+// unprocessed): the Sends fail as outages, and resent, nothing is lost.
 func TestClientKilledDuringDelivery(t *testing.T) {
-	c := admin(t, testAddr())
-	p := prefix(t, c)
+	srv := startPrivate(t)
+	c := admin(t, srv.addr())
 	name := fmt.Sprintf("sluicetest-%d", time.Now().UnixNano())
-	d := newDest(t, Config{Addr: testAddr(), Stream: p + "s", ClientName: name})
+	d := newDest(t, Config{Addr: srv.addr(), Stream: "s", ClientName: name})
 	users := []string{"a", "b", "c", "d"}
 	const n = 400
 	killed := 0
-	deliverAll(t, d, users, n, 20, func() {
-		for range 5 {
+	outages := deliverAll(t, d, users, n, 20, func() {
+		for range 3 {
+			ctx := context.Background()
+			c.Do(ctx, "CLIENT", "PAUSE", 2000, "WRITE")
+			for i := 0; len(pending(t, c, name)) == 0; i++ {
+				if i > 1000 {
+					t.Fatal("no transaction held by the pause")
+				}
+				time.Sleep(time.Millisecond) // waiting for a Send to reach the server
+			}
 			for _, id := range clientIDs(t, c, name) {
-				if c.Do(context.Background(), "CLIENT", "KILL", "ID", id).Err() == nil {
+				if c.Do(ctx, "CLIENT", "KILL", "ID", id).Err() == nil {
 					killed++
 				}
 			}
+			c.Do(ctx, "CLIENT", "UNPAUSE")
 		}
 	})
-	if killed == 0 {
-		t.Fatal("no connection killed")
+	if killed == 0 || outages == 0 {
+		t.Fatalf("%d connections killed, %d outage answers", killed, outages)
 	}
-	copies := firstCopies(t, read(t, c, p+"s"), users, n)
-	t.Logf("%d connections killed; %d copies of %d events", killed, copies, n*len(users))
+	copies := firstCopies(t, read(t, c, "s"), users, n)
+	t.Logf("%d connections killed, %d outage answers; %d copies of %d events", killed, outages, copies, n*len(users))
+}
+
+// pending lists the ids of the connections named name whose query buffer
+// holds commands not yet run.
+func pending(t testing.TB, c *redis.Client, name string) []string {
+	list, err := c.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for line := range strings.SplitSeq(list, "\n") {
+		if strings.Contains(line, " name="+name+" ") && !strings.Contains(line, " qbuf=0 ") {
+			id, _, _ := strings.Cut(strings.TrimPrefix(line, "id="), " ")
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }

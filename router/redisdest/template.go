@@ -94,3 +94,9 @@ func eventName(payload []byte) string {
 	}
 	return v.Event
 }
+
+// CheckTemplate reports whether s is a valid stream template.
+func CheckTemplate(s string) error {
+	_, err := parseTemplate(s)
+	return err
+}
