@@ -88,6 +88,7 @@ var conformTargets = map[string]func(t *testing.T) conformTarget{
 	"webhook": newWebhookTarget,
 	"file":    newFileTarget,
 	"redis":   newRedisTarget,
+	"mqtt":    newMQTTTarget,
 }
 
 func TestConformance(t *testing.T) {

@@ -39,6 +39,7 @@ var destTypes = map[string]destType{
 	"webhook": {batch: 1, complete: completeWebhook},
 	"file":    {batch: 100, complete: completeFile},
 	"redis":   {batch: 100, complete: completeRedis},
+	"mqtt":    {batch: 100, complete: completeMQTT},
 }
 
 // destTypeNames lists the destination types, sorted.
