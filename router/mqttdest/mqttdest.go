@@ -178,29 +178,32 @@ func (m *MQTT) publish(ctx context.Context, g *generation, events []router.Event
 	defer m.bufs.Put(bp)
 	toks := make([]mqtt.Token, len(events))
 	errs = make([]error, len(events))
-	held := 0 // slots taken, given back at the end
+	// Each publish takes a slot, given back once its acknowledgement came
+	// or was given up on. When none is free, this Send waits for its own
+	// oldest publish rather than for others' slots: Sends that each held
+	// slots while waiting for more could otherwise wait for each other
+	// until their deadlines.
+	waited := 0 // toks[:waited] are settled and their slots given back
+	settle := func() {
+		errs[waited] = wait(ctx, toks[waited], g)
+		<-m.slots
+		waited++
+	}
 	defer func() {
-		for range held {
+		for ; waited < len(toks) && toks[waited] != nil; waited++ {
 			<-m.slots
 		}
 	}()
 	for i := range events {
-		select {
-		case m.slots <- struct{}{}:
-			held++
-		case <-ctx.Done():
-			errs[i] = fmt.Errorf("waiting for an in-flight slot: %w", ctx.Err())
-		case <-g.ended:
-			errs[i] = errors.New("connection lost")
-		}
-		if errs[i] != nil {
-			for j := i + 1; j < len(events); j++ {
-				errs[j] = errs[i]
+		if err := m.slot(ctx, g, func() bool { return waited < i }, settle); err != nil {
+			for j := i; j < len(events); j++ {
+				errs[j] = err
 			}
 			break
 		}
 		*bp = m.topic.appendTo((*bp)[:0], &events[i])
 		if toks[i] = m.publishOne(g, string(*bp), events[i].Payload); toks[i] == nil {
+			<-m.slots
 			for j := i; j < len(events); j++ {
 				errs[j] = errors.New("connection lost")
 			}
@@ -208,12 +211,41 @@ func (m *MQTT) publish(ctx context.Context, g *generation, events []router.Event
 		}
 		published = true
 	}
-	for i, tok := range toks {
-		if tok != nil {
-			errs[i] = wait(ctx, tok, g)
-		}
+	for waited < len(toks) && toks[waited] != nil {
+		settle()
 	}
 	return errs, published
+}
+
+// slot takes an in-flight slot; while none is free it settles the Send's
+// oldest publish (settle) if it has one pending, else waits.
+func (m *MQTT) slot(ctx context.Context, g *generation, pending func() bool, settle func()) error {
+	for {
+		select {
+		case m.slots <- struct{}{}:
+			return nil
+		default:
+		}
+		if pending() {
+			settle() // its slot is free now, unless another Send takes it first
+			select {
+			case <-ctx.Done(): // given up on: publish nothing more
+				return fmt.Errorf("waiting for an in-flight slot: %w", ctx.Err())
+			case <-g.ended:
+				return errors.New("connection lost")
+			default:
+			}
+			continue
+		}
+		select {
+		case m.slots <- struct{}{}:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for an in-flight slot: %w", ctx.Err())
+		case <-g.ended:
+			return errors.New("connection lost")
+		}
+	}
 }
 
 // publishOne publishes one event on g's connection, or returns nil if g

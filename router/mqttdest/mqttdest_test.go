@@ -421,3 +421,30 @@ func TestBrokerDownIsAnOutage(t *testing.T) {
 		t.Fatalf("broker down: %+v", res)
 	}
 }
+
+// TestConcurrentSendsShareTheBound: Sends that together want more slots
+// than the bound all finish; none waits for slots another holds while that
+// one waits for more.
+func TestConcurrentSendsShareTheBound(t *testing.T) {
+	addr := brokerAddr()
+	needBroker(t, addr)
+	d := newDest(t, Config{Broker: "tcp://" + addr, Topic: topicPrefix(t), InFlightMax: 10})
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			var evs []router.Event
+			for i := range 50 {
+				evs = append(evs, mk(fmt.Sprintf("u%d", g), i, "track", "x"))
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if res := d.Send(ctx, evs); res.Status != 200 || res.Rejected != nil || res.Err != nil {
+				t.Errorf("sender %d: %+v", g, res)
+			}
+		})
+	}
+	wg.Wait()
+	if len(d.slots) != 0 {
+		t.Fatalf("%d slots still taken", len(d.slots))
+	}
+}
