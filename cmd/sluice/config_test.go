@@ -157,7 +157,7 @@ var badConfigs = []struct {
 	{"missing write_key", strings.Replace(withTop(""), "  - name: app\n    write_key: WK2", "  - name: app #<", 1), "sources[1].write_key", "needs a write key"},
 	{"shared write_key", strings.Replace(withTop(""), "write_key: WK2", "write_key: WK1 #<", 1), "sources[1].write_key", "already the write key of the source on line 6"},
 	{"duplicate destination", withTop("") + "  - name: hook #<\n    type: file\n    config: {path: ./x.jsonl}\n", "destinations[2].name", `"hook" is already the name of the destination on line 11`},
-	{"unknown type", strings.Replace(withTop(""), "type: webhook", "type: carrier-pigeon #<", 1), "destinations[0].type", `want one of file, webhook, got "carrier-pigeon"`},
+	{"unknown type", strings.Replace(withTop(""), "type: webhook", "type: carrier-pigeon #<", 1), "destinations[0].type", "want one of " + strings.Join(destTypeNames(), ", ") + `, got "carrier-pigeon"`},
 	{"unknown source", strings.Replace(withTop(""), "sources: [web]", "sources: [web, nope] #<", 1), "destinations[0].sources[1]", `no source is named "nope"`},
 	{"unknown event type", dest("    events:\n      - track\n      - click #<\n"), "destinations[0].events[1]", `unknown event type "click"`},
 	{"same file twice", withTop("") + "  - name: copy\n    type: file\n    config:\n      path: out/../out/./events.jsonl #<\n", "destinations[2].config.path", "events.jsonl is also used by destinations[1] (line 19)"},
