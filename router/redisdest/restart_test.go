@@ -96,8 +96,10 @@ func TestOutOfMemoryIsAnOutage(t *testing.T) {
 	c := admin(t, srv.addr())
 	d := newDest(t, Config{Addr: srv.addr(), Stream: "s:{event}"})
 	ctx := context.Background()
+	c.XAdd(ctx, &redis.XAddArgs{Stream: "s:x", Values: []any{"a", "b"}}) // a stream that exists
 	c.ConfigSet(ctx, "maxmemory", "1")
-	for _, batch := range [][]router.Event{{mk("u", 0, "track", "x")}, {mk("u", 0, "track", "x"), mk("v", 0, "track", "y")}} {
+	for _, batch := range [][]router.Event{{mk("u", 0, "track", "x")}, {mk("u", 0, "track", "x"), mk("v", 0, "track", "y")},
+		{mk("v", 0, "track", "y"), mk("u", 0, "track", "x")}} {
 		res := d.Send(ctx, batch)
 		if res.Err == nil || res.Status != 0 || res.Pause || !strings.Contains(res.Err.Error(), "OOM") {
 			t.Fatalf("under maxmemory: %+v", res)

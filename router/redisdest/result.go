@@ -35,7 +35,8 @@ func result(b *sendBufs, events []router.Event) router.Result {
 			ok++
 		case kindOutage, kindAborted, kindNoScript:
 			outage++
-			if firstErr == nil {
+			// The cause (OOM, LOADING) rather than the EXECABORT it led to.
+			if firstErr == nil || o.kind == kindOutage && classify(firstErr) != kindOutage {
 				firstErr = o.err
 			}
 		}
