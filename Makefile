@@ -15,7 +15,7 @@ BENCHRUNS ?= 3
 SCENARIOS ?= all
 SCENARIO_FLAGS ?=
 
-.PHONY: build run test race fuzz bench bench-engine bench-scenarios bench-quick bench-report lint clean
+.PHONY: build run test race fuzz mutate bench bench-engine bench-scenarios bench-kafka bench-quick bench-report lint clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/sluice
@@ -42,12 +42,17 @@ fuzz:
 	SLUICE_SIM_META_SEEDS=100 $(GO) test ./fuzz -run '^TestSimulationMetamorphic$$' -count=1 -timeout 60m
 	$(GO) test ./fuzz -run '^$$' -fuzz '^FuzzSimulation$$' -fuzztime $(FUZZTIME)
 
+# Plants known bugs one at a time in a copy of HEAD and reports which the
+# tests catch (fuzz/mutate); not in CI: a package's tests run once per bug.
+mutate:
+	$(GO) run ./fuzz/mutate
+
 # The engine benchmarks (every benchmark once, about 3 minutes, then the key
 # cells BENCHRUNS times, about 1 minute each), then every scenario against
 # the real binary once (about 8 minutes) and the report into BENCHMARKS.md:
 # about 13 minutes on the 2-core machine. Results go to bench/out/;
 # BENCHMARKS.md says how to read them.
-bench: bench-engine bench-scenarios
+bench: bench-engine bench-scenarios bench-kafka
 
 bench-engine:
 	mkdir -p bench/out
@@ -56,6 +61,13 @@ bench-engine:
 		$(GO) test ./engine -run '^$$' -bench '$(BENCHKEY)' -benchtime $(BENCHKEYTIME) -count 1 -timeout 30m 2>&1; \
 	done | tee bench/out/engine-key.txt
 	@! grep -q '^FAIL' bench/out/engine.txt bench/out/engine-key.txt
+
+# The Kafka destination beside its ceiling (kgo alone, same settings) into
+# kfake, 3 runs of every cell: about 7 minutes (BENCHMARKS.md, Kafka).
+bench-kafka:
+	mkdir -p bench/out
+	$(GO) test ./router/kafka -run '^$$' -bench . -benchtime 200000x -count 3 -timeout 30m 2>&1 | tee bench/out/kafka.txt
+	@! grep -q '^FAIL' bench/out/kafka.txt
 
 bench-scenarios:
 	$(GO) run ./cmd/sluice-bench run $(SCENARIO_FLAGS) $(SCENARIOS); status=$$?; \
@@ -68,6 +80,13 @@ bench-quick:
 
 bench-report:
 	$(GO) run ./cmd/sluice-bench report
+
+# The nats destination into the machine's nats-server beside nats.go alone
+# (BENCHMARKS.md, "NATS JetStream destination"): about 3 minutes.
+bench-nats:
+	mkdir -p bench/out
+	$(GO) test ./router/natsdest -run '^$$' -bench . -benchtime 3x -timeout 30m 2>&1 | tee bench/out/nats.txt
+	@! grep -q '^FAIL' bench/out/nats.txt
 
 lint:
 	@test -z "$$(gofmt -l .)" || (gofmt -l . && exit 1)

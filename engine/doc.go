@@ -85,7 +85,9 @@
 //
 // Segment files are the source of truth for payloads (recovery.go). Open
 // reconciles the manifest with the log directory: a segment whose file is
-// gone is reported lost; a file the manifest does not name is removed only
+// gone is reported lost, but for the stragglers its straggler file still
+// holds (an index older than a reclaim), which are restored and requeued
+// for consumers whose cursors are older than the log; a file the manifest does not name is removed only
 // when it holds no record still needed (a crash while deleting a consumed
 // segment, a recycled file's older bytes, garbage); files past the
 // manifest's end (the index lost its newest writes) are adopted; any other
@@ -107,7 +109,8 @@
 //
 // A frame damaged in a sealed segment is found when it is read: the reader
 // resynchronises at the next frame, and only the damaged record is lost.
-// Every loss goes into the lost set (lost.go, index key 0x0f): logged at
+// Every loss goes into the lost set (lost.go, index key 0x0f, and a copy in
+// log/lost that outlives a lost index): logged at
 // ERROR and counted in Stats.LostRecords once, whichever reader meets it,
 // and listed by LostRanges; readers and cursors move past lost seqs. Open
 // then adopts dedup run files the index does not name (an index that lost

@@ -70,6 +70,9 @@ type Engine struct {
 	// reclaimPasses counts reclaim passes (under idxMu), to look for
 	// spent straggler files now and then.
 	reclaimPasses int
+	// restored holds, during Open, the stragglers of missing segments
+	// that straggler files gave back (dropMissing), by seq.
+	restored map[uint64]Record
 
 	// rebuilding: this is Recover's engine, rebuilding the index from the
 	// segment files (recovery then has no witness in the index).

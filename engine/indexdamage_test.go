@@ -557,3 +557,168 @@ func TestRecoverRequeuesStragglers(t *testing.T) {
 		t.Fatalf("straggler files %v left after their entries settled", stg)
 	}
 }
+
+// TestOpenRestoresStragglersOfReclaimedSegment: the index comes back older
+// than a reclaim (its newest writes lost) and names segments reclaim has
+// since deleted. The stragglers those segments held live on in their
+// straggler file: Open puts them back and requeues them for the consumer
+// (its cursor is older than the log), instead of reporting them lost; the
+// rest of those segments' seqs are reported lost, and the file goes once
+// the requeued events are delivered.
+func TestOpenRestoresStragglersOfReclaimedSegment(t *testing.T) {
+	d := damageFS{"disk", vfs.Default, t.TempDir()}
+	e, err := Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := consumerOf(t, e, "c")
+	ids := appendIDs(t, e, "a", 0, 600, 30)
+	all := expectLog(t, e, 1, ids)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	index := filepath.Join(d.dir, "index")
+	older := filepath.Join(t.TempDir(), "index")
+	if err := os.CopyFS(older, os.DirFS(index)); err != nil {
+		t.Fatal(err)
+	}
+
+	e, err = Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c = consumerOf(t, e, "c")
+	victim := all[5]
+	var behind Record
+	for _, r := range all[6:] {
+		if string(r.Key) == string(victim.Key) {
+			behind = r
+			break
+		}
+	}
+	tx := c.Begin()
+	tx.Put(Entry{Seq: victim.Seq, Pos: victim.Pos, State: StateFailed, Key: victim.Key, ReceivedAt: victim.ReceivedAt, DueAt: 1})
+	tx.Put(Entry{Seq: behind.Seq, Pos: behind.Pos, State: StateSkipped, Key: behind.Key, ReceivedAt: behind.ReceivedAt})
+	tx.SetBarrier(victim.Key, victim.Seq)
+	tx.Advance(e.LastSeq()+1, 0)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.Reclaim(); err != nil || n == 0 {
+		t.Fatalf("reclaim: %d %v", n, err)
+	}
+	first := e.Stats().FirstSeq
+	if behind.Seq == 0 || behind.Seq >= first {
+		t.Fatalf("the later event of key %q (seq %d) is not in a reclaimed segment (first seq %d)", victim.Key, behind.Seq, first)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The index loses everything since the copy.
+	if err := os.RemoveAll(index); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(older, index); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logCapture{}
+	e, err = Open(d.options(logs))
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer e.Close()
+	c = consumerOf(t, e, "c")
+	if c.Count(StateFailed) != 1 || c.Count(StateSkipped) != 1 {
+		t.Fatalf("failed %d and skipped %d entries, want the two stragglers requeued (lost %v)\n%s", c.Count(StateFailed), c.Count(StateSkipped), e.LostRanges(), logs.all())
+	}
+	if head, ok, err := c.Barrier(victim.Key); err != nil || !ok || head != victim.Seq {
+		t.Fatalf("barrier %d %v %v, want %d", head, ok, err, victim.Seq)
+	}
+	for _, want := range []Record{victim, behind} {
+		en, err := c.Entry(want.Seq)
+		if err != nil {
+			t.Fatalf("entry of straggler %d: %v", want.Seq, err)
+		}
+		if rec, err := e.Read(en.Seq, en.Pos); err != nil || string(rec.MessageID) != string(want.MessageID) {
+			t.Fatalf("read of requeued straggler %d: %v %q", want.Seq, err, rec.MessageID)
+		}
+	}
+	if cur, _ := c.Cursor(); cur != first {
+		t.Fatalf("cursor %d, want the log's first seq %d", cur, first)
+	}
+	var lost []SeqRange
+	for _, r := range subtractRanges(SeqRange{1, first - 1}, []SeqRange{{victim.Seq, victim.Seq}, {behind.Seq, behind.Seq}}) {
+		lost = addRange(lost, r)
+	}
+	if got := e.LostRanges(); !slices.Equal(got, lost) {
+		t.Fatalf("lost %v, want %v: the reclaimed segments but their stragglers", got, lost)
+	}
+
+	tx = c.Begin()
+	tx.Succeed(victim.Seq)
+	tx.Succeed(behind.Seq)
+	tx.ClearBarrier(victim.Key)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Reclaim(); err != nil {
+		t.Fatal(err)
+	}
+	if stg, _ := os.ReadDir(filepath.Join(d.dir, "log", "stragglers")); len(stg) != 0 {
+		t.Fatalf("straggler files %v left after their entries settled", stg)
+	}
+}
+
+// TestLostSetOutlivesIndex: seqs found lost (a damaged frame), then
+// reclaimed, then the index folder lost: the lost set's copy beside the
+// segments still names them, so Recover and Open report them.
+func TestLostSetOutlivesIndex(t *testing.T) {
+	d := damageFS{"mem", vfs.NewMem(), "/data"}
+	e, err := Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := consumerOf(t, e, "c")
+	appendIDs(t, e, "a", 0, 600, 30)
+	e.recordLost(3, 4, "a damaged frame (test)")
+	tx := c.Begin()
+	tx.Advance(e.LastSeq()+1, 0)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.Reclaim(); err != nil || n == 0 {
+		t.Fatalf("reclaim: %d %v", n, err)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.fs.RemoveAll("/data/index"); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Recover(d.options(&logCapture{}), []string{"c"})
+	if err != nil {
+		t.Fatalf("recover: %v", err)
+	}
+	if !slices.Contains(rep.Lost, SeqRange{3, 4}) {
+		t.Fatalf("recover reports lost %v, want 3-4 among them", rep.Lost)
+	}
+	e, err = Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if got := e.LostRanges(); !slices.Contains(got, SeqRange{3, 4}) {
+		t.Fatalf("lost %v after recovery, want 3-4 among them", got)
+	}
+	// A damaged copy is reported and the index's set used.
+	f, err := d.fs.Create("/data/log/lost", vfs.WriteCategoryUnspecified)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte("3 4\nnot a range\n"))
+	f.Close()
+	if got, err := e.readLostFile(); err == nil || !strings.Contains(err.Error(), "line 2") || !slices.Equal(got, []SeqRange{{3, 4}}) {
+		t.Fatalf("damaged copy read as %v, %v; want 3-4 and an error naming line 2", got, err)
+	}
+}

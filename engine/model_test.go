@@ -1597,6 +1597,12 @@ func modelEnvInt(name string, def int) int {
 // ---------------------------------------------------------------------------
 // The tests.
 
+// modelRegressionSeeds failed once and run every time: 464 (reclaim kept
+// an empty segment after a restart when the last records carried no dedup
+// key: the dedup keys counted as indexed only through the checkpoint) and
+// 1089 (the same, depending on timing).
+var modelRegressionSeeds = []uint64{464, 1089}
+
 func TestModel(t *testing.T) {
 	steps := modelEnvInt("SLUICE_MODEL_STEPS", modelDefaultSteps)
 	t.Run("seeds", func(t *testing.T) {
@@ -1612,6 +1618,7 @@ func TestModel(t *testing.T) {
 			for i := range modelEnvInt("SLUICE_MODEL_SEEDS", modelDefaultSeeds) {
 				seeds = append(seeds, base+uint64(i))
 			}
+			seeds = append(seeds, modelRegressionSeeds...)
 		}
 		var cov modelCoverage
 		for _, seed := range seeds {

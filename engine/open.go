@@ -152,7 +152,34 @@ func (e *Engine) recover() error {
 	if err := e.loadConsumers(); err != nil {
 		return err
 	}
+	if err := e.requeueRestored(); err != nil {
+		return err
+	}
 	e.refreshDiskUsage()
+	return nil
+}
+
+// requeueRestored makes the stragglers dropMissing restored pending again
+// for each consumer whose cursor is older than the log: the index lost its
+// newest writes, so it cannot tell which of them the consumer delivered
+// since. They are delivered again (at least once), never skipped.
+func (e *Engine) requeueRestored() error {
+	if len(e.restored) == 0 {
+		return nil
+	}
+	e.segMu.RLock()
+	first := e.nextSeq // no segment: opened on a full disk (diskfull.go)
+	if len(e.segments) > 0 {
+		first = e.segments[0].baseSeq
+	}
+	e.segMu.RUnlock()
+	now := e.opts.Now().UnixNano()
+	for _, c := range e.Consumers() {
+		if err := requeueStragglers(c, e.restored, first, now); err != nil {
+			return err
+		}
+	}
+	e.restored = nil
 	return nil
 }
 
@@ -253,8 +280,11 @@ func (e *Engine) recoverDedup() error {
 	if len(e.segments) > 0 {
 		from = max(from, e.segments[0].baseSeq)
 	}
+	// Every record through hwm has its key in a run or replayed: the keys
+	// are indexed through it once those are written, even where the last
+	// records carried no key (the checkpoint moves only with keys).
 	if from > e.hwm.Load() {
-		return nil
+		return e.dedup.commitThrough(e.dedup.mark(), e.hwm.Load(), now)
 	}
 	r, err := e.NewReader(from, 0)
 	if err != nil {
@@ -271,7 +301,7 @@ func (e *Engine) recoverDedup() error {
 			return fmt.Errorf("cannot replay log for dedup: %w", err)
 		}
 		if len(recs) == 0 {
-			return nil
+			return e.dedup.commitThrough(e.dedup.mark(), e.hwm.Load(), now)
 		}
 		for i := range recs {
 			if recs[i].Seq > ckpt {

@@ -31,8 +31,11 @@ type RecoverReport struct {
 	Consumers []RecoveredConsumer
 	// EntriesKept counts the failed, skipped and aborted entries carried
 	// over from a kept index; EntriesLost is -1 when the old index could
-	// not be read (its dead letters and failed entries are gone, and how
-	// many is unknown).
+	// not be read: its entries' states (dead letter or failed, reasons,
+	// attempts) are gone and how many is unknown, but not their events:
+	// those still in the log are delivered again from the new cursors,
+	// those of reclaimed segments from straggler files
+	// (StragglersRequeued).
 	EntriesKept, EntriesLost int64
 	// StragglersRequeued counts events of reclaimed segments that entries
 	// of the lost index still needed, found in straggler files and made
@@ -184,8 +187,8 @@ func checkIndexVersion(db *pebble.DB) error {
 // file and replays the retained log) and makes sure of the consumers.
 func (e *Engine) rebuildIndex(names []string, rep *RecoverReport) (map[uint64]Record, error) {
 	if err := e.loadLost(); err != nil {
-		e.log.Error("lost set unreadable; starting a new one", "err", err)
-		e.lost.ranges = nil
+		e.log.Error("lost set in the index unreadable; its copy beside the segments is kept", "err", err)
+		e.lost.ranges, _ = e.readLostFile()
 	}
 	cursors, entries, err := e.oldConsumers()
 	if err != nil {

@@ -38,12 +38,16 @@ func (e *Engine) reclaim(force bool) (int, error) {
 	segs := slices.Clone(e.segments)
 	e.segMu.RUnlock()
 	deleted := 0
+	witness := -1 // segs[witness] is kept: the newest on-disk record of where seqs stand
 	for i, s := range segs[:max(len(segs)-1, 0)] { // never the active one
 		if !s.sealed.Load() || s.lastSeq.Load() >= minCursor {
 			break
 		}
-		if i == len(segs)-2 && !e.activeHeaderDurable(segs[i+1]) {
-			break // the newest header on disk (see segment.headerDurable)
+		if witness < 0 {
+			witness = e.seqWitness(segs)
+		}
+		if i >= witness {
+			break // see seqWitness
 		}
 		if ok, err := e.indexedThrough(s.lastSeq.Load(), force); err != nil || !ok {
 			e.refreshDiskUsage()
@@ -92,6 +96,28 @@ func (e *Engine) indexedThrough(seq uint64, force bool) (bool, error) {
 		return false, fmt.Errorf("cannot reclaim: %w", err)
 	}
 	return e.dedup.indexed.Load() >= seq, nil
+}
+
+// seqWitness returns the index in segs (the manifest's segments, oldest
+// first, the active one last) of the newest segment whose file shows on
+// disk where seqs stand: its header is synced (segment.headerDurable; for
+// the active segment, activeHeaderDurable syncs it if need be), or it is
+// sealed with records (synced before they were acknowledged). Reclaim
+// keeps it and everything after it: without the index, segment files are
+// the only record of the seqs given so far, and a later segment whose
+// header never reached the disk (a recycled file, a full disk) shows
+// nothing.
+func (e *Engine) seqWitness(segs []*segment) int {
+	last := len(segs) - 1
+	if last >= 0 && e.activeHeaderDurable(segs[last]) {
+		return last
+	}
+	for i := last - 1; i >= 0; i-- {
+		if s := segs[i]; s.headerDurable.Load() || s.sealed.Load() && s.records() > 0 {
+			return i
+		}
+	}
+	return 0
 }
 
 // activeHeaderDurable reports whether the header of the active segment a

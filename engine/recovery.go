@@ -144,33 +144,76 @@ func (e *Engine) reconcileFiles(witness uint64) error {
 			// that readers step over damage inside it.
 			last.sealed.Store(true)
 		}
+	} else {
+		e.nextSeq = max(e.nextSeq, expect) // every named segment is gone: never reuse their seqs
 	}
 	if witness >= e.nextSeq {
 		// The last segment was sealed (a clean stop) or is gone, yet the
 		// index shows later seqs acknowledged.
-		e.recordLost(e.nextSeq, witness, "missing from the end of the log")
+		e.recordLostBut(e.nextSeq, witness, "missing from the end of the log")
 		e.nextSeq = witness + 1
 	}
 	return nil
 }
 
 // dropMissing drops manifest segments whose file is gone, reporting their
-// records lost.
+// records lost, but for the stragglers their straggler files still hold
+// (an index that lost its newest writes may name a segment reclaim has
+// since deleted): those are put back in the index, where readers find
+// them, and e.restored keeps them for Open to requeue (requeueStragglers)
+// for consumers whose cursor is older than the log.
 func (e *Engine) dropMissing(onDisk map[uint32]bool) error {
 	kept := e.segments[:0]
+	var missing []*segment
 	for _, s := range e.segments {
 		if onDisk[s.id] {
 			kept = append(kept, s)
-			continue
+		} else {
+			missing = append(missing, s)
 		}
+	}
+	e.segments = kept
+	if len(missing) == 0 {
+		return nil
+	}
+	ranges := make([]SeqRange, 0, len(missing))
+	for _, s := range missing {
+		if s.records() > 0 {
+			ranges = append(ranges, SeqRange{s.baseSeq, s.lastSeq.Load()})
+		}
+	}
+	restored, err := e.restoreStragglers(ranges)
+	if err != nil {
+		return err
+	}
+	if len(restored) > 0 {
+		e.log.Warn("stragglers of missing segments restored from their straggler files", "stragglers", len(restored))
+	}
+	e.restored = restored
+	for _, s := range missing {
 		e.log.Error("segment file missing", "segment", s.id, "first_seq", s.baseSeq, "records", s.records())
-		e.recordLost(s.baseSeq, s.lastSeq.Load(), fmt.Sprintf("segment file %s missing", segmentFileName(s.id)))
+		if s.records() > 0 {
+			e.recordLostBut(s.baseSeq, s.lastSeq.Load(), fmt.Sprintf("segment file %s missing", segmentFileName(s.id)))
+		}
 		if err := e.db.Delete(segmentKey(s.id), pebble.Sync); err != nil {
 			return fmt.Errorf("cannot drop missing segment %d: %w", s.id, err)
 		}
 	}
-	e.segments = kept
 	return nil
+}
+
+// recordLostBut is recordLost but for the seqs in e.restored (stragglers
+// of missing segments that their straggler files gave back).
+func (e *Engine) recordLostBut(first, last uint64, why string) {
+	var kept []SeqRange
+	for seq := range e.restored {
+		if seq >= first && seq <= last {
+			kept = addRange(kept, SeqRange{seq, seq})
+		}
+	}
+	for _, r := range subtractRanges(SeqRange{first, last}, kept) {
+		e.recordLost(r.First, r.Last, why)
+	}
 }
 
 // sortUnknown sorts the unknown files into those to adopt, in id order,

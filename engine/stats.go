@@ -130,6 +130,8 @@ func (e *Engine) Stats() Stats {
 	}
 	if len(segs) > 0 {
 		st.FirstSeq = segs[0].baseSeq
+	} else {
+		st.FirstSeq = e.hwm.Load() + 1 // no segment (opened on a full disk): nothing stored
 	}
 	st.DiskBytes = st.SegmentBytes + st.IndexBytes
 	now := e.opts.Now()

@@ -1,10 +1,12 @@
 package engine
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -107,6 +109,9 @@ func (e *Engine) readStragglerFiles(fn func(name string, rec Record, frame []byt
 // dropSpentStragglerFiles removes the straggler files none of whose seqs
 // the index still holds as a straggler.
 func (e *Engine) dropSpentStragglerFiles() error {
+	if err := e.sweepStragglers(); err != nil {
+		return err
+	}
 	dir := e.fs.PathJoin(e.logDir, stragglerDir)
 	names, err := e.fs.List(dir)
 	if err != nil || len(names) == 0 {
@@ -143,6 +148,92 @@ func (e *Engine) dropSpentStragglerFiles() error {
 	return nil
 }
 
+// restoreStragglers puts back in the index the straggler files' events
+// whose seqs fall in ranges (sorted, disjoint) and returns them by seq.
+func (e *Engine) restoreStragglers(ranges []SeqRange) (map[uint64]Record, error) {
+	if len(ranges) == 0 {
+		return nil, nil
+	}
+	frames := make(map[uint64][]byte)
+	err := e.readStragglerFiles(func(_ string, rec Record, frame []byte) {
+		i, found := slices.BinarySearchFunc(ranges, rec.Seq, func(r SeqRange, seq uint64) int {
+			switch {
+			case r.Last < seq:
+				return -1
+			case r.First > seq:
+				return 1
+			}
+			return 0
+		})
+		if found && i < len(ranges) {
+			frames[rec.Seq] = slices.Clone(frame)
+		}
+	})
+	if err != nil || len(frames) == 0 {
+		return nil, err
+	}
+	b := e.db.NewBatch()
+	defer b.Close()
+	for seq, frame := range frames {
+		b.Set(stragglerKey(seq), frame, nil)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return nil, fmt.Errorf("cannot restore stragglers: %w", err)
+	}
+	recs := make(map[uint64]Record, len(frames))
+	for seq, frame := range frames {
+		recs[seq], _, _ = decodeFrame(frame, e.opts.RecordBytesMax) // decoded once already
+	}
+	return recs, nil
+}
+
+// sweepStragglers deletes the straggler copies no consumer can need any
+// more: below every cursor, with no entry of any consumer (restored by
+// restoreStragglers for consumers that had passed them). Called under
+// idxMu (entries are written under it).
+func (e *Engine) sweepStragglers() error {
+	consumers := e.Consumers()
+	if len(consumers) == 0 {
+		return nil
+	}
+	below := uint64(math.MaxUint64)
+	for _, c := range consumers {
+		below = min(below, c.cursor.Load())
+	}
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixStraggler}, UpperBound: stragglerKey(below)})
+	if err != nil {
+		return fmt.Errorf("cannot read stragglers: %w", err)
+	}
+	b := e.db.NewBatch()
+	defer b.Close()
+	for it.First(); it.Valid(); it.Next() {
+		if len(it.Key()) != 9 {
+			continue
+		}
+		seq := binary.BigEndian.Uint64(it.Key()[1:])
+		needed := false
+		for _, c := range consumers {
+			if _, ok, err := e.getEntry(c.id, seq); err != nil || ok {
+				needed = true // unsure counts as needed
+				break
+			}
+		}
+		if !needed {
+			b.Delete(stragglerKey(seq), nil)
+		}
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		return fmt.Errorf("cannot read stragglers: %w", err)
+	}
+	if b.Empty() {
+		return nil
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("cannot drop unused stragglers: %w", err)
+	}
+	return nil
+}
+
 // recoverStragglers, for Recover building a new index: the straggler
 // files' events older than the log's first seq are put back in the index
 // (the copies the old index held), and it returns them by seq.
@@ -168,21 +259,39 @@ func (e *Engine) recoverStragglers(first uint64) (map[uint64]Record, error) {
 	return recs, nil
 }
 
-// requeueStragglers makes the recovered stragglers pending again for a
-// consumer whose cursor Recover set at the oldest of them: the first of
-// each key failed and due now with its key's barrier, the later ones
-// skipped behind it, and the cursor moved on to first.
+// requeueStragglers makes recovered stragglers pending again for a
+// consumer whose cursor is below first, the log's first seq (Recover set
+// it at the oldest of them, or the index lost its newest writes and its
+// cursor is older than the log): those at or past its cursor become the
+// first of each key failed and due now with the key's barrier (or skipped
+// behind the key's barrier, if it has one), the later ones skipped behind
+// it; the cursor moves on to first.
 func requeueStragglers(c *Consumer, recs map[uint64]Record, first uint64, now int64) error {
+	cur, _ := c.Cursor()
+	if cur >= first {
+		return nil
+	}
 	tx := c.Begin()
 	heads := make(map[string]bool)
 	for _, seq := range slices.Sorted(maps.Keys(recs)) {
+		if seq < cur {
+			continue // passed before: its entry, if it has one, is kept
+		}
 		r := recs[seq]
+		key := string(r.Key)
+		if !heads[key] {
+			_, blocked, err := c.Barrier(r.Key)
+			if err != nil {
+				return fmt.Errorf("cannot requeue stragglers of %q: %w", c.name, err)
+			}
+			heads[key] = blocked
+		}
 		en := Entry{Seq: seq, Key: r.Key, ReceivedAt: r.ReceivedAt, Reason: "recovered from a straggler file after the index was lost"}
-		if heads[string(r.Key)] {
+		if heads[key] {
 			en.State = StateSkipped
 		} else {
 			en.State, en.DueAt = StateFailed, now
-			heads[string(r.Key)] = true
+			heads[key] = true
 			tx.SetBarrier(r.Key, seq)
 		}
 		tx.Put(en)

@@ -437,11 +437,14 @@ func (s *Sim) checkReclaim() {
 	}
 	st := s.eng.Stats()
 	// A broken engine (its last write failed, or it opened on a full disk)
-	// keeps the newest sealed segment: its active segment's header may not
-	// be on disk, and the index must not be the only record of the seqs.
+	// keeps the newest segment that shows on disk where seqs stand (sealed
+	// with records) and those after it: its active segment's header may
+	// not be on disk, nor that of an empty segment sealed by a rotation on
+	// the full disk, and the index must not be the only record of the
+	// seqs (engine.seqWitness).
 	limit := 1
 	if !st.Healthy {
-		limit = 2
+		limit = 3
 	}
 	if st.Segments > limit && s.rep.Tolerated[KnownLostTail] == 0 {
 		s.violate("bounds", nil, "", nil, "%d segments left after reclaim with every destination idle (first seq %d, last %d)", st.Segments, st.FirstSeq, st.LastSeq)

@@ -253,12 +253,13 @@ const (
 	// adopted): a resend within the dedup window is stored and
 	// delivered again (DESIGN.md guarantee 3).
 	KnownRecoverDedup
-	// KnownStragglerLoss (BUG-STRAGGLER-LOSS, partly fixed: straggler
-	// files keep a copy outside the index and Recover requeues them. Seed
-	// 45 still loses events: an index that lost its WAL names a reclaimed
-	// segment, Open reports its seqs lost, reclaim removes their straggler
-	// file as spent, and a later loss of the index folder takes the lost
-	// set too). As found: the only copy of a
+	// KnownStragglerLoss (BUG-STRAGGLER-LOSS, fixed: straggler files keep
+	// a copy outside the index and Recover requeues them; when an index
+	// that lost its WAL names a reclaimed segment, Open restores that
+	// segment's stragglers from their file and requeues them for the
+	// consumers whose cursors are older than the log; the lost set has a
+	// copy beside the segments, so that a lost index folder does not
+	// take the record of earlier losses with it). As found: the only copy of a
 	// pending event whose segment was reclaimed (a straggler: failed,
 	// skipped or aborted entry; a paused destination's whole backlog
 	// after a graceful stop) lives in the index. When Recover cannot keep
@@ -315,8 +316,8 @@ const (
 	KnownLostTail
 )
 
-// Tolerated are the known bugs that do not fail a run (yet).
-var Tolerated = KnownStragglerLoss
+// Tolerated are the known bugs that do not fail a run (yet): none.
+var Tolerated Known
 
 func (k Known) String() string {
 	var parts []string

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"math/rand/v2"
 	"runtime/debug"
 	"slices"
@@ -188,7 +189,7 @@ func newSim(k Knobs) *Sim {
 	}
 	s.dedupMust = window - window/4 - time.Second
 	s.eopts = engine.Options{
-		Dir: "/sluice", Now: s.clock.Now, ReclaimInterval: -1, SegmentBytesMax: seg, Logger: discard,
+		Dir: "/sluice", Now: s.clock.Now, ReclaimInterval: -1, SegmentBytesMax: seg, Logger: simLogger(),
 		DedupFilterBytes: 1 << 16, IndexCacheBytes: 1 << 20, DedupWindow: window,
 		// No background index batches: when one finished would decide what
 		// a crash keeps (its ingestion syncs the index), and runs must
@@ -780,4 +781,13 @@ func maxTime(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// simLogger is the engine's logger in a run: discarded, or stderr with
+// SLUICE_SIM_ENGINE_LOG=1 (to follow a failing seed).
+func simLogger() *slog.Logger {
+	if os.Getenv("SLUICE_SIM_ENGINE_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return discard
 }

@@ -572,3 +572,28 @@ func TestForwardedForRepairsUTF8(t *testing.T) {
 		t.Fatalf("stored %q", ev.raw)
 	}
 }
+
+// TestOrderingKey: the ordering key is anonymousId when present, else
+// userId (DESIGN.md guarantee 4), whatever the order of the fields.
+func TestOrderingKey(t *testing.T) {
+	h := newHarness(t, nil)
+	body := `{"batch":[
+		{"type":"track","event":"E","userId":"user-1","anonymousId":"anon-1"},
+		{"type":"track","event":"E","anonymousId":"anon-2","userId":"user-2"},
+		{"type":"track","event":"E","userId":"user-3"},
+		{"type":"track","event":"E","anonymousId":"anon-4"},
+		{"type":"track","event":"E","anonymousId":"","userId":"user-5"},
+		{"type":"track","event":"E","anonymousId":null,"userId":"user-6"}
+	]}`
+	wantStatus(t, h.do("POST", "/v1/batch", []byte(body), basic("KEY1:")), 200)
+	got := h.stored()
+	want := []string{"anon-1", "anon-2", "user-3", "anon-4", "user-5", "user-6"}
+	if len(got) != len(want) {
+		t.Fatalf("stored %d events, want %d", len(got), len(want))
+	}
+	for i, ev := range got {
+		if ev.key != want[i] {
+			t.Errorf("event %d: ordering key %q, want %q: %s", i, ev.key, want[i], ev.raw)
+		}
+	}
+}

@@ -85,10 +85,13 @@ type conformThrottler interface {
 // Each builds its target for one test; it may skip the test when its
 // service cannot run here (say why).
 var conformTargets = map[string]func(t *testing.T) conformTarget{
-	"webhook": newWebhookTarget,
-	"file":    newFileTarget,
-	"redis":   newRedisTarget,
-	"mqtt":    newMQTTTarget,
+	"webhook":  newWebhookTarget,
+	"file":     newFileTarget,
+	"redis":    newRedisTarget,
+	"mqtt":     newMQTTTarget,
+	"kafka":    newKafkaTarget,
+	"nats":     newNATSTarget,
+	"rabbitmq": newRabbitTarget,
 }
 
 func TestConformance(t *testing.T) {

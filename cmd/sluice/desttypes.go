@@ -36,10 +36,13 @@ type destConfig interface {
 
 // destTypes are the destination types by their name in the config file.
 var destTypes = map[string]destType{
-	"webhook": {batch: 1, complete: completeWebhook},
-	"file":    {batch: 100, complete: completeFile},
-	"redis":   {batch: 100, complete: completeRedis},
-	"mqtt":    {batch: 100, complete: completeMQTT},
+	"webhook":  {batch: 1, complete: completeWebhook},
+	"file":     {batch: 100, complete: completeFile},
+	"redis":    {batch: 100, complete: completeRedis},
+	"mqtt":     {batch: 100, complete: completeMQTT},
+	"nats":     {batch: 100, complete: completeNATS},
+	"kafka":    {batch: 100, complete: completeKafka},
+	"rabbitmq": {batch: 100, complete: completeRabbitMQ},
 }
 
 // destTypeNames lists the destination types, sorted.

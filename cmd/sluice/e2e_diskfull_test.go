@@ -28,27 +28,7 @@ import (
 //
 // It needs root (to mount the tmpfs) and skips otherwise.
 func TestE2EDiskFull(t *testing.T) {
-	if testing.Short() {
-		t.Skip("fills a 64 MiB tmpfs")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs of 64 MiB for the data dir")
-	}
-	mnt := filepath.Join(t.TempDir(), "disk")
-	if err := os.Mkdir(mnt, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs (%v: %s); the test needs one", err, strings.TrimSpace(string(out)))
-	}
-	// Registered before the server starts: cleanups run last-first, so the
-	// server is stopped before the unmount.
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	})
-
+	mnt := mountTmpfs(t, "64m")
 	hook := newGatedHook()
 	defer hook.srv.Close()
 	hook.down.Store(true)
@@ -141,6 +121,105 @@ func TestE2EDiskFull(t *testing.T) {
 	p.stop(t)
 }
 
+// mountTmpfs mounts a tmpfs of size for the test (root only: it skips
+// otherwise), unmounted at the end after the servers the test starts later.
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("fills a tmpfs")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs for the data dir")
+	}
+	mnt := filepath.Join(t.TempDir(), "disk")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs (%v: %s); the test needs one", err, strings.TrimSpace(string(out)))
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	})
+	return mnt
+}
+
+// TestE2EStartOnFullDisk: sluice killed with events in its index's WAL,
+// then the disk filled to the last byte with its reserve already spent.
+// Opening the index needs room to replay the WAL: sluice must not exit (a
+// supervisor restarting it in a loop would add load to a full machine) but
+// wait, logging why, and start as soon as space is freed, with every
+// acknowledged event delivered.
+func TestE2EStartOnFullDisk(t *testing.T) {
+	mnt := mountTmpfs(t, "32m")
+	hook := newGatedHook()
+	defer hook.srv.Close()
+	hook.down.Store(true) // events stay in the log and the index
+	dataDir := filepath.Join(mnt, "data")
+	p := startDiskFullServer(t, dataDir, hook.srv.URL)
+	client := &http.Client{Timeout: 10 * time.Second}
+	acked := map[string]bool{}
+	for i := range 50 {
+		id := fmt.Sprintf("full-start-%d", i)
+		body := fmt.Sprintf(`{"userId":"u%d","event":"E","messageId":%q}`, i%5, id)
+		if status, _, err := postDiskFull(client, p.url+"/v1/track", body); status != http.StatusOK {
+			t.Fatalf("post %d: %d %v", i, status, err)
+		}
+		acked[id] = true
+	}
+	p.kill(t)
+
+	if err := os.Remove(filepath.Join(dataDir, "reserve")); err != nil {
+		t.Fatalf("the reserve file: %v", err)
+	}
+	filler := filepath.Join(mnt, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			break // ENOSPC
+		}
+	}
+	for n := len(chunk) / 2; n > 0; n /= 2 { // to the last byte
+		for {
+			if _, err := f.Write(chunk[:n]); err != nil {
+				break
+			}
+		}
+	}
+	f.Close()
+
+	hook.down.Store(false)
+	addr, cfgPath := diskFullConfig(t, dataDir, hook.srv.URL)
+	p = launch(t, sluiceBinary(t), dataDir, addr, cfgPath)
+	waitForLong(t, "sluice to say it waits for free space", func() bool {
+		select {
+		case <-p.exited:
+			t.Fatalf("sluice exited on a full disk (%v), want it to wait", p.state)
+		default:
+		}
+		return strings.Contains(p.logs.String(), "waiting for free space")
+	})
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	waitForLong(t, "sluice to start once space is free", func() bool {
+		select {
+		case <-p.exited:
+			t.Fatalf("sluice exited: %v", p.state)
+		default:
+		}
+		return healthStatus(&http.Client{Timeout: time.Second}, p.url) == http.StatusOK
+	})
+	waitForLong(t, "every acknowledged event delivered", func() bool { return len(hook.missing(acked)) == 0 })
+	p.stop(t)
+}
+
 // gatedHook is a webhook endpoint that answers 503 while down and records
 // the messageIds it takes.
 type gatedHook struct {
@@ -197,8 +276,25 @@ func (h *gatedHook) missing(acked map[string]bool) []string {
 // reserve and floor, and quick reclaim and disk checks, delivering to url.
 func startDiskFullServer(t *testing.T, dataDir, url string) *sluiceProc {
 	t.Helper()
-	bin := sluiceBinary(t)
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	addr, cfgPath := diskFullConfig(t, dataDir, url)
+	p := launch(t, sluiceBinary(t), dataDir, addr, cfgPath)
+	client := &http.Client{Timeout: time.Second}
+	waitForLong(t, "sluice to answer /health 200", func() bool {
+		select {
+		case <-p.exited:
+			t.Fatalf("sluice exited: %v\n%s", p.state, p.logs.String())
+		default:
+		}
+		return healthStatus(client, p.url) == http.StatusOK
+	})
+	return p
+}
+
+// diskFullConfig writes startDiskFullServer's config on a free port and
+// returns the address and the config's path.
+func diskFullConfig(t *testing.T, dataDir, url string) (addr, cfgPath string) {
+	t.Helper()
+	addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	cfg := fmt.Sprintf(`# written by cmd/sluice/e2e_diskfull_test.go
 listen: %q
 admin_listen: 127.0.0.1:0
@@ -227,21 +323,11 @@ engine:
   disk_check_interval: 100ms
   dedup_filter_bytes: 1048576
 `, addr, dataDir, srcWeb.name, srcWeb.key, url)
-	cfgPath := filepath.Join(t.TempDir(), "sluice.yaml")
+	cfgPath = filepath.Join(t.TempDir(), "sluice.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := launch(t, bin, dataDir, addr, cfgPath)
-	client := &http.Client{Timeout: time.Second}
-	waitForLong(t, "sluice to answer /health 200", func() bool {
-		select {
-		case <-p.exited:
-			t.Fatalf("sluice exited: %v\n%s", p.state, p.logs.String())
-		default:
-		}
-		return healthStatus(client, p.url) == http.StatusOK
-	})
-	return p
+	return addr, cfgPath
 }
 
 func postDiskFull(c *http.Client, target, body string) (int, string, error) {

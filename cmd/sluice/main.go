@@ -168,10 +168,38 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// diskFullRetry is how often serve tries again to open an engine whose
+// disk is too full to open its index.
+const diskFullRetry = 5 * time.Second
+
+// openEngine opens the engine; while the disk is too full to open its
+// index (engine.ErrDiskFull), it waits for free space and tries again every
+// retry, until ctx ends, rather than exit (a supervisor restarting it in a
+// loop would only add load to a full machine).
+func openEngine(ctx context.Context, cfg *Config, log *slog.Logger, retry time.Duration) (*engine.Engine, error) {
+	for waited := false; ; waited = true {
+		eng, err := engine.Open(engineOptions(cfg, log))
+		if err == nil || !errors.Is(err, engine.ErrDiskFull) {
+			if err == nil && waited {
+				log.Info("the disk has room again; engine open")
+			}
+			return eng, err
+		}
+		if !waited {
+			log.Error("the disk is too full to open the engine; waiting for free space (free some space in data_dir's filesystem)", "err", err, "retry", retry)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(retry):
+		}
+	}
+}
+
 // serve runs until ctx ends, then shuts down in order: stop accepting,
 // finish requests in flight, close the engine.
 func serve(ctx context.Context, cfg *Config, log *slog.Logger) (err error) {
-	eng, err := engine.Open(engineOptions(cfg, log))
+	eng, err := openEngine(ctx, cfg, log, diskFullRetry)
 	if err != nil {
 		return fmt.Errorf("cannot open engine: %w", err)
 	}

@@ -86,7 +86,7 @@ func writeRecoverReport(w io.Writer, dir string, rep engine.RecoverReport) {
 	}
 	switch {
 	case rep.EntriesLost < 0:
-		fmt.Fprintln(w, "dead letters and failed events of the old index: lost with it (count unknown; the events still in the log are delivered again)")
+		fmt.Fprintf(w, "dead letters and failed events of the old index: their states and reasons are gone with it; the events are delivered again (those still in the log from the cursors above, %d of reclaimed segments from straggler files)\n", rep.StragglersRequeued)
 	default:
 		fmt.Fprintf(w, "dead letters and failed events kept: %d\n", rep.EntriesKept)
 	}
