@@ -20,10 +20,12 @@ import (
 // private is a redis-server of the test's own, with an fsynced AOF so that
 // a kill -9 loses nothing it acknowledged.
 type private struct {
-	t    *testing.T
-	dir  string
-	port int
-	cmd  *exec.Cmd
+	t     *testing.T
+	dir   string
+	port  int
+	extra []string // more redis-server arguments
+	pass  string   // requirepass, for the readiness check
+	cmd   *exec.Cmd
 }
 
 func freePort(t *testing.T) int {
@@ -35,11 +37,16 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func startPrivate(t *testing.T) *private {
+func startPrivate(t *testing.T, extra ...string) *private {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Skip("no redis-server binary")
 	}
-	s := &private{t: t, dir: t.TempDir(), port: freePort(t)}
+	s := &private{t: t, dir: t.TempDir(), port: freePort(t), extra: extra}
+	for i, a := range extra {
+		if a == "--requirepass" {
+			s.pass = extra[i+1]
+		}
+	}
 	s.start()
 	t.Cleanup(s.kill)
 	return s
@@ -51,10 +58,11 @@ func (s *private) start() {
 	s.cmd = exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--dir", s.dir, "--save", "", "--appendonly", "yes", "--appendfsync", "always",
 		"--logfile", filepath.Join(s.dir, "redis.log"))
+	s.cmd.Args = append(s.cmd.Args, s.extra...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("cannot start redis-server: %v", err)
 	}
-	c := redis.NewClient(&redis.Options{Addr: s.addr(), MaxRetries: -1})
+	c := redis.NewClient(&redis.Options{Addr: s.addr(), MaxRetries: -1, Password: s.pass})
 	defer c.Close()
 	for i := 0; c.Ping(context.Background()).Err() != nil; i++ {
 		if i > 500 {
@@ -117,5 +125,20 @@ func TestServerDownIsAnOutage(t *testing.T) {
 	res := d.Send(context.Background(), []router.Event{mk("u", 0, "track", "x")})
 	if res.Err == nil || res.Status != 0 || res.Pause || res.Ambiguous {
 		t.Fatalf("connection refused: %+v", res)
+	}
+}
+
+func TestPasswordRequiredPauses(t *testing.T) {
+	srv := startPrivate(t, "--requirepass", "s3cret")
+	for _, pass := range []string{"", "wrong"} {
+		d := newDest(t, Config{Addr: srv.addr(), Password: pass, Stream: "s"})
+		res := d.Send(context.Background(), []router.Event{mk("u", 0, "track", "x"), mk("v", 0, "track", "x")})
+		if !res.Pause || res.Err == nil {
+			t.Fatalf("password %q: %+v", pass, res)
+		}
+	}
+	d := newDest(t, Config{Addr: srv.addr(), Password: "s3cret", Stream: "s"})
+	if res := d.Send(context.Background(), []router.Event{mk("u", 0, "track", "x")}); res.Status != 200 {
+		t.Fatalf("right password: %+v", res)
 	}
 }
