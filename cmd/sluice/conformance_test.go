@@ -87,6 +87,8 @@ type conformThrottler interface {
 var conformTargets = map[string]func(t *testing.T) conformTarget{
 	"webhook":  newWebhookTarget,
 	"file":     newFileTarget,
+	"redis":    newRedisTarget,
+	"mqtt":     newMQTTTarget,
 	"kafka":    newKafkaTarget,
 	"nats":     newNATSTarget,
 	"postgres": newPostgresTarget,

@@ -43,6 +43,8 @@ var destTypes = map[string]destType{
 	"kafka":    {batch: 100, complete: completeKafka},
 	"nats":     {batch: 100, complete: completeNATS},
 	"rabbitmq": {batch: 100, complete: completeRabbitMQ},
+	"redis":    {batch: 100, complete: completeRedis},
+	"mqtt":     {batch: 100, complete: completeMQTT},
 }
 
 // destTypeNames lists the destination types, sorted.
