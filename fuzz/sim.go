@@ -386,6 +386,7 @@ func (s *Sim) startDest(d *dest) bool {
 		return false
 	}
 	d.cons, d.m, d.stepErr = cons, m, false
+	m.Hooks.Completed = func(disp *router.Dispatch) { s.noteAborts(d, d.answeredFlight(disp)) }
 	d.lastAborted = m.Counters().Aborted
 	if d.paused {
 		m.Pause()
@@ -444,7 +445,12 @@ func (s *Sim) stepAll() {
 
 func (s *Sim) stepDest(d *dest) {
 	now := s.now()
-	ds, err := d.m.Step(now)
+	done := make([]*router.Dispatch, len(d.answered))
+	for i, f := range d.answered {
+		done[i] = f.disp
+	}
+	ds, err := d.m.Step(now, done)
+	d.answered = nil
 	if err != nil && !d.stepErr {
 		d.stepErr = true
 		s.violate("router", d, "", nil, "machine stopped: %v", err)
@@ -571,7 +577,7 @@ func (s *Sim) restart(f *storageFault) {
 func (s *Sim) inFlight() int {
 	n := 0
 	for _, d := range s.dests {
-		n += len(d.flights)
+		n += len(d.flights) + len(d.answered)
 	}
 	return n
 }
@@ -668,7 +674,7 @@ func (s *Sim) idle() bool {
 func (s *Sim) idleDest(d *dest) bool {
 	d.m.Flush(s.now())
 	cur, _ := d.cons.Cursor()
-	if len(d.flights) > 0 || d.m.InFlight() > 0 || d.m.WindowEvents() > 0 || !s.cursorAtEnd(cur, false) ||
+	if len(d.flights) > 0 || len(d.answered) > 0 || d.m.InFlight() > 0 || d.m.WindowEvents() > 0 || !s.cursorAtEnd(cur, false) ||
 		d.cons.Count(engine.StateFailed) > 0 || d.cons.Count(engine.StateSkipped) > 0 {
 		return false
 	}

@@ -86,8 +86,8 @@ type batch struct {
 }
 
 // core is the router's state machine for one destination. It has no
-// goroutines and no clock of its own: the Router drives it in real time, the
-// simulator in virtual time. Not safe for concurrent use.
+// goroutines and no clock of its own; Machine.Step is its only driver (see
+// the package doc). Not safe for concurrent use.
 type core struct {
 	cfg    Config
 	pol    *Policy
@@ -129,7 +129,7 @@ type core struct {
 	// enough to spill (advance), zero when none waits.
 	spillAt time.Time
 	// refill: advance made room in a full window while the log holds
-	// more: step reads and dispatches again at once.
+	// more: Machine.Step reads and dispatches again at once.
 	refill bool
 
 	txn       *engine.Txn
@@ -208,25 +208,6 @@ func (c *core) forget(ks *keyState) {
 	if !ks.busy && !ks.blocked && !ks.queued && !ks.draining && len(ks.pending) == 0 && ks.failedWindow == 0 {
 		delete(c.keys, ks.key)
 	}
-}
-
-// step reads, dispatches and moves the cursor: one turn of the driver
-// (Router.Run, Machine.Step). When moving the cursor makes room in a full
-// window it goes round again, so a backlog is read on without waiting for
-// new input.
-func (c *core) step(now time.Time) ([]*batch, error) {
-	var out []*batch
-	for range 8 {
-		if err := c.fill(now); err != nil {
-			return out, err
-		}
-		out = append(out, c.poll(now)...)
-		c.advance(now)
-		if !c.refill {
-			break
-		}
-	}
-	return out, nil
 }
 
 // fill reads events into the window up to its bounds.

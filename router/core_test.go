@@ -21,10 +21,12 @@ import (
 )
 
 // Scripted scenarios for core: the real engine on an in-memory FS, a fake
-// clock, a seeded Rand and a scripted destination. The harness drives core
-// the way Router.Run does (fill, poll, send, advance, wait for a result or
-// nextWake) and checks, at every dispatch and at the end, the guarantees of
-// DESIGN.md: per-key order, nothing lost, outage attempts not charged.
+// clock, a seeded Rand and a scripted destination. The harness drives the
+// machine with Machine.Step, the step Router.Run and the simulator run
+// (results applied, fill, poll, advance), observing it through
+// Machine.Hooks, and waits for a result or NextWake in between. It checks,
+// at every dispatch and at the end, the delivery guarantees: per-key order,
+// nothing lost, outage attempts not charged.
 
 var (
 	epoch   = time.Unix(1_700_000_000, 0)
@@ -63,7 +65,7 @@ type send struct {
 }
 
 type flight struct {
-	b    *batch
+	d    *Dispatch
 	s    *send
 	done time.Time
 }
@@ -74,7 +76,8 @@ type harness struct {
 	eng   *engine.Engine
 	cons  *engine.Consumer
 	cfg   Config
-	c     *core
+	m     *Machine
+	c     *core // m.c
 	clock *fakeClock
 
 	// latency is how long each request takes (latencyFn, when set, picks
@@ -96,6 +99,11 @@ type harness struct {
 	dlv       []delivery
 	sends     []*send
 	flights   []flight
+	// answered are the flights whose results arrived, for the next Step;
+	// started is set once the machine made its first Step, sent when the
+	// last Step sent something.
+	answered      []flight
+	started, sent bool
 	abortSeen map[uint64]bool // aborted (final) at some point
 	replayed  map[uint64]bool
 	unsure    map[uint64]bool // settled before a crash lost the record of it
@@ -137,7 +145,7 @@ func newHarness(t *testing.T, cfg Config) *harness {
 	if h.cons, err = h.eng.Consumer(full.Name); err != nil {
 		t.Fatal(err)
 	}
-	if h.c, err = newCore(full, h.eng, h.cons); err != nil {
+	if err := h.startMachine(); err != nil {
 		t.Fatal(err)
 	}
 	h.respond = func(*harness, *batch) Result { return Result{Status: 200} }
@@ -202,45 +210,38 @@ func (h *harness) addN(key string, n int, opts ...evOpt) []uint64 {
 	return out
 }
 
-// step is one turn of Router.Run's loop: read, dispatch, advance, then wait
-// for the next result or nextWake and apply the results due by then.
+// step is one turn of Router.Run's loop: wait for the next result or
+// NextWake, then Step with the results that arrived by then.
 func (h *harness) step() {
 	h.t.Helper()
-	bs := h.turn()
-	h.wait(len(bs) > 0)
+	if !h.started {
+		h.turn()
+	}
+	h.wait(h.sent)
+	h.turn()
 }
 
-// turn reads, dispatches and advances at the current time.
-func (h *harness) turn() []*batch {
+// turn is one Machine.Step at the current time with the results that
+// arrived; the Polled hook sends what it dispatches.
+func (h *harness) turn() []*Dispatch {
 	h.t.Helper()
 	h.steps++
-	c, now := h.c, h.now()
-	// core.step, with the destination's view of each batch taken before
-	// advance stores the window's aborted events.
-	var bs []*batch
-	for range 8 {
-		if err := c.fill(now); err != nil {
-			h.t.Fatalf("fill: %v", err)
-		}
-		polled := c.poll(now)
-		h.noteAborted()
-		for _, b := range polled {
-			h.dispatch(b, now)
-		}
-		bs = append(bs, polled...)
-		c.advance(now)
-		if !c.refill {
-			break
-		}
+	h.started = true
+	done := make([]*Dispatch, len(h.answered))
+	for i, f := range h.answered {
+		done[i] = f.d
 	}
-	if c.err != nil {
-		h.t.Fatalf("core stopped: %v", c.err)
+	ds, err := h.m.Step(h.now(), done)
+	h.answered = nil
+	if err != nil {
+		h.t.Fatalf("machine stopped: %v", err)
 	}
-	return bs
+	h.sent = len(ds) > 0
+	return ds
 }
 
-// wait moves the clock to the next result or nextWake and applies the
-// results due by then.
+// wait moves the clock to the next result or NextWake and takes the
+// results due by then, for the next Step.
 func (h *harness) wait(sent bool) {
 	c, now := h.c, h.now()
 	wake := c.nextWake(now)
@@ -248,20 +249,15 @@ func (h *harness) wait(sent bool) {
 		wake = h.flights[0].done
 	}
 	if !wake.After(now) && (len(h.flights) == 0 || h.flights[0].done.After(now)) {
-		wake = now.Add(100 * time.Microsecond) // Router.Run's floor
+		wake = now.Add(wakeMin) // Router.Run's floor
 		if !sent {
 			h.idleSpins++
 		}
 	}
 	h.clock.now = wake
 	for len(h.flights) > 0 && !h.flights[0].done.After(h.now()) {
-		f := h.flights[0]
+		h.answered = append(h.answered, h.flights[0])
 		h.flights = h.flights[1:]
-		c.complete(f.b, h.now())
-		h.noteAborted()
-		if h.onComplete != nil {
-			h.onComplete(h, f.b, f.s)
-		}
 	}
 }
 
@@ -285,10 +281,11 @@ func (h *harness) final(seq uint64) bool {
 	return err == nil && e.State == engine.StateAborted
 }
 
-// dispatch is the destination receiving a batch: it checks order, records
-// the arrival and scripts the result.
-func (h *harness) dispatch(b *batch, now time.Time) {
+// dispatch is the destination receiving a request: it checks order,
+// records the arrival and scripts the result.
+func (h *harness) dispatch(d *Dispatch, now time.Time) {
 	h.t.Helper()
+	b := d.b
 	s := &send{at: now, probe: b.probe, entry: b.entry}
 	inBatch := map[uint64]bool{}
 	for i, it := range b.items {
@@ -331,7 +328,7 @@ func (h *harness) dispatch(b *batch, now time.Time) {
 		s.seqs = append(s.seqs, it.seq)
 	}
 	s.res = h.respond(h, b)
-	b.res = s.res
+	d.Result = s.res
 	out := h.c.pol.classify(s.res)
 	refused := map[int]bool{} // a partial answer's names (of events in the batch)
 	if out == outSuccess || out == outAbort {
@@ -360,7 +357,7 @@ func (h *harness) dispatch(b *batch, now time.Time) {
 	for i > 0 && h.flights[i-1].done.After(s.doneAt) {
 		i--
 	}
-	h.flights = slices.Insert(h.flights, i, flight{b: b, s: s, done: s.doneAt})
+	h.flights = slices.Insert(h.flights, i, flight{d: d, s: s, done: s.doneAt})
 	h.maxInFlight = max(h.maxInFlight, h.c.inFlight)
 	if h.onSend != nil {
 		h.onSend(h, b, s)
@@ -371,7 +368,7 @@ func (h *harness) dispatch(b *batch, now time.Time) {
 // nothing in flight, no failed or skipped entries.
 func (h *harness) settled() bool {
 	cur, _ := h.cons.Cursor()
-	return len(h.flights) == 0 && h.c.inFlight == 0 && cur == h.eng.LastSeq()+1 &&
+	return len(h.flights) == 0 && len(h.answered) == 0 && h.c.inFlight == 0 && cur == h.eng.LastSeq()+1 &&
 		h.cons.Count(engine.StateFailed) == 0 && h.cons.Count(engine.StateSkipped) == 0 &&
 		h.c.txn.Empty() && len(h.c.work) == 0 && len(h.c.drains) == 0
 }
@@ -1120,7 +1117,17 @@ func TestCoreThrottle(t *testing.T) {
 			special = append(special, s)
 		}
 	}
-	h.onComplete = func(h *harness, b *batch, s *send) { limits = append(limits, h.c.aimd.Limit()) }
+	// cut is the limit just before and just after each answer other than
+	// 200 was applied.
+	cut := map[*send][2]float64{}
+	last := h.c.aimd.limit
+	h.onComplete = func(h *harness, b *batch, s *send) {
+		limits = append(limits, h.c.aimd.Limit())
+		if s.res.Status != 200 {
+			cut[s] = [2]float64{last, h.c.aimd.limit}
+		}
+		last = h.c.aimd.limit
+	}
 
 	// Requests at the limit with steady latency raise it to the maximum.
 	h.runUntil("concurrency at its maximum", 1000, func() bool { return h.maxInFlight == 8 })
@@ -1133,11 +1140,10 @@ func TestCoreThrottle(t *testing.T) {
 
 	// 429 with Retry-After: the limit drops by 10%, nothing is sent until
 	// the pause ends, nothing is charged.
-	before := h.c.aimd.limit
 	mode = "429"
 	h.runUntil("the 429 answered", 1000, func() bool { return len(special) == 1 && !h.now().Before(special[0].doneAt) })
 	throttled := special[0]
-	if got, want := h.c.aimd.limit, max(1, before*0.9); got > want {
+	if got, want := cut[throttled][1], max(1, cut[throttled][0]*0.9); got > want {
 		t.Errorf("limit %v after a 429, want at most %v", got, want)
 	}
 	pauseEnd := throttled.doneAt.Add(2 * time.Second)
@@ -1176,10 +1182,9 @@ func TestCoreThrottle(t *testing.T) {
 		h.add(fmt.Sprintf("K%02d", k))
 	}
 	h.runUntil("pause over", 100_000, func() bool { return !h.sends[len(h.sends)-1].at.Before(h.c.throttledUntil) })
-	before = h.c.aimd.limit
 	mode = "500"
 	h.runUntil("the 500 answered", 1000, func() bool { return len(special) == 3 && !h.now().Before(special[2].doneAt) })
-	if got, want := h.c.aimd.limit, max(1, before*0.9); got > want {
+	if got, want := cut[special[2]][1], max(1, cut[special[2]][0]*0.9); got > want {
 		t.Errorf("limit %v after a 500, want at most %v", got, want)
 	}
 	if h.c.stats.Failed != 1 {
@@ -1605,7 +1610,7 @@ func TestCoreMaxAge(t *testing.T) {
 func (h *harness) restart(mode string) {
 	h.t.Helper()
 	h.c.reader.Close()
-	h.flights = nil
+	h.flights, h.answered = nil, nil
 	// Stored dead letters were final before the crash.
 	ents, err := h.cons.Aborted(0, 1<<20, nil)
 	if err != nil {
@@ -1640,9 +1645,39 @@ func (h *harness) restart(mode string) {
 	if h.cons, err = h.eng.Consumer(h.cfg.Name); err != nil {
 		h.t.Fatal(err)
 	}
-	if h.c, err = newCore(h.cfg, h.eng, h.cons); err != nil {
+	if err := h.startMachine(); err != nil {
 		h.t.Fatal(err)
 	}
+}
+
+// startMachine builds the machine from the consumer's stored state, with
+// the harness's hooks.
+func (h *harness) startMachine() error {
+	c, err := newCore(h.cfg, h.eng, h.cons)
+	if err != nil {
+		return err
+	}
+	h.m, h.c = &Machine{c: c}, c
+	h.started, h.answered = false, nil
+	h.m.Hooks = Hooks{
+		Completed: func(d *Dispatch) {
+			h.noteAborted()
+			if h.onComplete != nil {
+				for _, f := range h.answered {
+					if f.d == d {
+						h.onComplete(h, d.b, f.s)
+					}
+				}
+			}
+		},
+		Polled: func(ds []*Dispatch) {
+			h.noteAborted()
+			for _, d := range ds {
+				h.dispatch(d, h.now())
+			}
+		},
+	}
+	return nil
 }
 
 // After a crash the router resumes from the index: failed and skipped
