@@ -35,9 +35,9 @@ type dest struct {
 	// machine's next Step (it applies them before anything else).
 	answered []*flight
 	outages  []span
-	sources map[string]bool // nil: all
-	types   map[string]bool // nil: all
-	okCount int             // successful requests, for the canaries
+	sources  map[string]bool // nil: all
+	types    map[string]bool // nil: all
+	okCount  int             // successful requests, for the canaries
 	// lastActive is the last dispatch or response, for stall detection;
 	// throttledUntil the end of the last 429's Retry-After.
 	lastActive, throttledUntil time.Time

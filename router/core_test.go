@@ -91,22 +91,22 @@ type harness struct {
 	onSend     func(h *harness, b *batch, s *send)
 	onComplete func(h *harness, b *batch, s *send)
 
-	events    []*event
-	bySeq     map[uint64]*event
-	tries     map[uint64]int
-	arrivals  map[string][]uint64 // per key, first arrivals in order
-	done      map[uint64]bool     // delivered with success
-	dlv       []delivery
-	sends     []*send
-	flights   []flight
+	events   []*event
+	bySeq    map[uint64]*event
+	tries    map[uint64]int
+	arrivals map[string][]uint64 // per key, first arrivals in order
+	done     map[uint64]bool     // delivered with success
+	dlv      []delivery
+	sends    []*send
+	flights  []flight
 	// answered are the flights whose results arrived, for the next Step;
 	// started is set once the machine made its first Step, sent when the
 	// last Step sent something.
 	answered      []flight
 	started, sent bool
-	abortSeen map[uint64]bool // aborted (final) at some point
-	replayed  map[uint64]bool
-	unsure    map[uint64]bool // settled before a crash lost the record of it
+	abortSeen     map[uint64]bool // aborted (final) at some point
+	replayed      map[uint64]bool
+	unsure        map[uint64]bool // settled before a crash lost the record of it
 
 	steps, idleSpins int
 	maxInFlight      int
