@@ -1,0 +1,193 @@
+package router
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/sluice-cdi/sluice/engine"
+)
+
+// advance moves the cursor past the settled head of the window, storing
+// entries for the events it passes that are not delivered.
+func (c *core) advance(now time.Time) {
+	c.spillAt = time.Time{}
+	wasFull := c.windowFull()
+	moved, spilled := false, false
+	var passed uint64 // the last seq passed
+	for c.head < len(c.window) {
+		it := c.window[c.head]
+		switch it.state {
+		case done:
+		case failed:
+			e := c.entryOf(it, engine.StateFailed)
+			e.DueAt = it.due
+			c.txn.Put(e)
+			if c.cfg.Ordering {
+				ks := c.keyState(it.key)
+				ks.failedWindow--
+				c.txn.SetBarrier(it.ev.Key, it.seq)
+				c.forget(ks)
+			}
+			c.nextDue = time.Time{}
+		case aborted:
+			c.txn.Put(c.entryOf(it, engine.StateAborted))
+		case inflight:
+			if !it.spill {
+				if !c.windowFull() || it.batch == nil {
+					goto stop
+				}
+				if at := it.batch.start.Add(spillAfter); now.Before(at) {
+					c.spillAt = at // a request this young is not slow yet
+					goto stop
+				}
+				// A slow request holds the cursor and the window is full:
+				// store its events as failed (retried if the answer never
+				// comes) so the cursor, and every other key, can move on.
+				for _, x := range it.batch.items {
+					x.spill = true
+				}
+				c.stats.Spilled += uint64(len(it.batch.items))
+			}
+			c.spillEntry(it, now)
+			spilled = true
+		case waiting:
+			if !c.cfg.Ordering {
+				goto stop
+			}
+			ks := c.keyState(it.key)
+			if !ks.blocked || len(ks.pending) == 0 || ks.pending[0] != it {
+				goto stop
+			}
+			ks.pending = ks.pending[1:]
+			c.txn.Put(c.entryOf(it, engine.StateSkipped))
+			c.forget(ks)
+		default:
+			goto stop
+		}
+		c.window[c.head] = nil
+		c.head++
+		c.winSize -= it.size
+		moved, passed = true, it.seq
+	}
+stop:
+	if c.head == len(c.window) {
+		c.window, c.head = c.window[:0], 0
+	} else if c.head > 1024 && c.head*2 > len(c.window) {
+		c.window = append(c.window[:0], c.window[c.head:]...)
+		c.head = 0
+	}
+	if moved {
+		c.settleBudget()
+	}
+	if moved && wasFull && !c.reader.CaughtUp() {
+		c.refill = true // reading ahead stopped for room; there is some now
+	}
+	if moved {
+		if c.head < len(c.window) {
+			c.txn.Advance(c.window[c.head].seq, c.window[c.head].pos)
+		} else {
+			c.txn.Advance(passed+1, 0)
+		}
+	}
+	// A spilled event's answer settles its entry in a later transaction:
+	// the entry must be committed first.
+	c.flush(now, spilled)
+}
+
+// stop prepares a graceful shutdown once nothing is in flight: events still
+// waiting in the window before its last settled event are stored (the
+// first of each key as failed and due now, uncharged; later ones as
+// skipped) so the cursor passes every settled event and nothing delivered
+// is sent again after the restart.
+func (c *core) stop(now time.Time) {
+	last := -1
+	for i := c.head; i < len(c.window); i++ {
+		if st := c.window[i].state; st != waiting && st != inflight {
+			last = i
+		}
+	}
+	for i := c.head; i <= last; i++ {
+		it := c.window[i]
+		if it.state != waiting {
+			continue
+		}
+		if it.reason == "" {
+			it.reason = "waiting at shutdown"
+		}
+		if !c.cfg.Ordering {
+			it.state, it.due = failed, now.UnixNano()
+			c.loose = slices.DeleteFunc(c.loose, func(x *item) bool { return x == it })
+			continue
+		}
+		ks := c.keyState(it.key)
+		if ks.blocked || len(ks.pending) == 0 || ks.pending[0] != it {
+			continue // advance stores it as skipped behind its key's head
+		}
+		ks.pending = ks.pending[1:]
+		it.state, it.due = failed, now.UnixNano()
+		ks.blocked = true
+		ks.failedWindow++
+	}
+	c.advance(now)
+	c.flush(now, true)
+}
+
+const spillReason = "in flight when the read-ahead window filled"
+
+// spillAfter is how long the head of a full window may be in flight before
+// it is spilled: only a slow request is worth the index writes (it and the
+// key's later events stored, to be settled from the index), not one that
+// is merely the oldest of many in flight.
+const spillAfter = time.Second
+
+// spillEntry stores an in-flight window event so the cursor can pass it:
+// as the failed head of its key (due after its request's timeout, with a
+// barrier), or as skipped when earlier events of the key are already
+// stored (a key's queue has one failed head). Its answer then settles the
+// entry like a retry's or a released skip's would.
+func (c *core) spillEntry(it *item, now time.Time) {
+	state := engine.StateFailed
+	var ks *keyState
+	if c.cfg.Ordering {
+		ks = c.keyState(it.key)
+		if ks.blocked {
+			state = engine.StateSkipped
+		}
+	}
+	e := c.entryOf(it, state)
+	if state == engine.StateFailed {
+		e.DueAt = now.Add(c.cfg.Timeout + time.Second).UnixNano()
+		if e.Reason == "" {
+			e.Reason = spillReason
+		}
+		it.spillHead = true
+	}
+	c.txn.Put(e)
+	it.persisted = true
+	c.inFlightEntries[it.seq] = true
+	if ks != nil && !ks.blocked {
+		ks.blocked = true
+		c.txn.SetBarrier(it.ev.Key, it.seq)
+	}
+	c.nextDue = time.Time{}
+}
+
+// flush commits pending transitions: at once when force is set, else at
+// most every FlushInterval.
+func (c *core) flush(now time.Time, force bool) {
+	if c.txn.Empty() || (!force && now.Sub(c.lastFlush) < c.cfg.FlushInterval) {
+		return
+	}
+	if err := c.txn.Commit(); err != nil {
+		// A commit error is a bug or a dying disk: stop dispatching rather
+		// than deliver without recording it.
+		c.err = fmt.Errorf("router %s: %w", c.cfg.Name, err)
+		c.logger.Error("cannot record delivery state; dispatch stopped", "destination", c.cfg.Name, "err", err)
+		return
+	}
+	c.txn = c.cons.Begin()
+	c.lastFlush = now
+}
+
+func (c *core) refreshDue() { c.nextDue = time.Time{} }
