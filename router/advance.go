@@ -17,73 +17,27 @@ func (c *core) advance(now time.Time) {
 	var passed uint64 // the last seq passed
 	for c.head < len(c.window) {
 		it := c.window[c.head]
-		switch it.state {
-		case done:
-		case failed:
-			e := c.entryOf(it, engine.StateFailed)
-			e.DueAt = it.due
-			c.txn.Put(e)
-			if c.cfg.Ordering {
-				ks := c.keyState(it.key)
-				ks.failedWindow--
-				c.txn.SetBarrier(it.ev.Key, it.seq)
-				c.forget(ks)
-			}
-			c.nextDue = time.Time{}
-		case aborted:
-			c.txn.Put(c.entryOf(it, engine.StateAborted))
-		case inflight:
-			if !it.spill {
-				if !c.windowFull() || it.batch == nil {
-					goto stop
-				}
-				if at := it.batch.start.Add(spillAfter); now.Before(at) {
-					c.spillAt = at // a request this young is not slow yet
-					goto stop
-				}
-				// A slow request holds the cursor and the window is full:
-				// store its events as failed (retried if the answer never
-				// comes) so the cursor, and every other key, can move on.
-				for _, x := range it.batch.items {
-					x.spill = true
-				}
-				c.stats.Spilled += uint64(len(it.batch.items))
-			}
-			c.spillEntry(it, now)
-			spilled = true
-		case waiting:
-			if !c.cfg.Ordering {
-				goto stop
-			}
-			ks := c.keyState(it.key)
-			if !ks.blocked || len(ks.pending) == 0 || ks.pending[0] != it {
-				goto stop
-			}
-			ks.pending = ks.pending[1:]
-			c.txn.Put(c.entryOf(it, engine.StateSkipped))
-			c.forget(ks)
-		default:
-			goto stop
+		pass, spill := c.pass(it, now)
+		if !pass {
+			break
 		}
+		spilled = spilled || spill
 		c.window[c.head] = nil
 		c.head++
 		c.winSize -= it.size
 		moved, passed = true, it.seq
 	}
-stop:
 	if c.head == len(c.window) {
 		c.window, c.head = c.window[:0], 0
-	} else if c.head > 1024 && c.head*2 > len(c.window) {
+	} else if c.head > windowCompactHead && c.head*2 > len(c.window) {
 		c.window = append(c.window[:0], c.window[c.head:]...)
 		c.head = 0
 	}
 	if moved {
 		c.settleBudget()
-	}
-	if moved && wasFull && !c.reader.CaughtUp() {
-		c.refill = true // reading ahead stopped for room; there is some now
-	}
-	if moved {
+		if wasFull && !c.reader.CaughtUp() {
+			c.refill = true // reading ahead stopped for room; there is some now
+		}
 		if c.head < len(c.window) {
 			c.txn.Advance(c.window[c.head].seq, c.window[c.head].pos)
 		} else {
@@ -93,6 +47,61 @@ stop:
 	// A spilled event's answer settles its entry in a later transaction:
 	// the entry must be committed first.
 	c.flush(now, spilled)
+}
+
+// windowCompactHead is how many passed slots the window's slice may keep
+// at its front before advance copies the live events down (when they are
+// also at least half of it): the copy is paid rarely, the slack bounded.
+const windowCompactHead = 1024
+
+// pass reports whether the cursor may pass it, the window's head, and
+// stores its entry if it needs one: failed and aborted events, the
+// skipped head of a blocked key, and (spill) the in-flight events of a
+// slow request when the window is full.
+func (c *core) pass(it *item, now time.Time) (pass, spill bool) {
+	switch it.state {
+	case done:
+		return true, false
+	case failed:
+		e := c.entryOf(it, engine.StateFailed)
+		e.DueAt = it.due
+		c.txn.Put(e)
+		if c.cfg.Ordering {
+			c.txn.SetBarrier(it.ev.Key, it.seq)
+			c.keys.failedStored(it.key)
+		}
+		c.nextDue = time.Time{}
+		return true, false
+	case aborted:
+		c.txn.Put(c.entryOf(it, engine.StateAborted))
+		return true, false
+	case inflight:
+		if !it.spill {
+			if !c.windowFull() || it.batch == nil {
+				return false, false
+			}
+			if at := it.batch.start.Add(spillAfter); now.Before(at) {
+				c.spillAt = at // a request this young is not slow yet
+				return false, false
+			}
+			// A slow request holds the cursor and the window is full:
+			// store its events as failed (retried if the answer never
+			// comes) so the cursor, and every other key, can move on.
+			for _, x := range it.batch.items {
+				x.spill = true
+			}
+			c.stats.Spilled += uint64(len(it.batch.items))
+		}
+		c.spillEntry(it, now)
+		return true, true
+	case waiting:
+		if !c.cfg.Ordering || !c.keys.skipHead(it) {
+			return false, false
+		}
+		c.txn.Put(c.entryOf(it, engine.StateSkipped))
+		return true, false
+	}
+	return false, false
 }
 
 // stop prepares a graceful shutdown once nothing is in flight: events still
@@ -120,14 +129,11 @@ func (c *core) stop(now time.Time) {
 			c.loose = slices.DeleteFunc(c.loose, func(x *item) bool { return x == it })
 			continue
 		}
-		ks := c.keyState(it.key)
-		if ks.blocked || len(ks.pending) == 0 || ks.pending[0] != it {
+		if !c.keys.takeUnblockedHead(it) {
 			continue // advance stores it as skipped behind its key's head
 		}
-		ks.pending = ks.pending[1:]
 		it.state, it.due = failed, now.UnixNano()
-		ks.blocked = true
-		ks.failedWindow++
+		c.keys.failedInWindow(it.key)
 	}
 	c.advance(now)
 	c.flush(now, true)
@@ -148,12 +154,8 @@ const spillAfter = time.Second
 // entry like a retry's or a released skip's would.
 func (c *core) spillEntry(it *item, now time.Time) {
 	state := engine.StateFailed
-	var ks *keyState
-	if c.cfg.Ordering {
-		ks = c.keyState(it.key)
-		if ks.blocked {
-			state = engine.StateSkipped
-		}
+	if c.cfg.Ordering && c.keys.isBlocked(it.key) {
+		state = engine.StateSkipped
 	}
 	e := c.entryOf(it, state)
 	if state == engine.StateFailed {
@@ -166,8 +168,7 @@ func (c *core) spillEntry(it *item, now time.Time) {
 	c.txn.Put(e)
 	it.persisted = true
 	c.inFlightEntries[it.seq] = true
-	if ks != nil && !ks.blocked {
-		ks.blocked = true
+	if c.cfg.Ordering && c.keys.block(it.key) {
 		c.txn.SetBarrier(it.ev.Key, it.seq)
 	}
 	c.nextDue = time.Time{}

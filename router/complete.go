@@ -230,18 +230,7 @@ func (c *core) releaseKeys(b *batch, drain bool) {
 	// Without ordering a key has state only while a stored barrier drains
 	// (newCore): then its queue goes on as an ordered one's does.
 	for _, it := range b.items {
-		ks := c.keys[it.key]
-		if ks == nil {
-			continue
-		}
-		if drain && it.persisted && (!it.replayed || ks.blocked) {
-			c.queueDrain(ks)
-		}
-		if ks.busy {
-			ks.busy = false
-			c.markReady(ks)
-		}
-		c.forget(ks)
+		c.keys.release(it, drain)
 	}
 }
 
@@ -324,8 +313,7 @@ func (c *core) requeue(b *batch, bisect bool, now time.Time) {
 			c.loose = append([]*item{it}, c.loose...)
 			continue
 		}
-		ks := c.keyState(it.key)
-		ks.pending = append([]*item{it}, ks.pending...)
+		c.keys.putBack(it)
 	}
 	c.releaseKeys(b, !bisect)
 }
@@ -408,9 +396,7 @@ func (c *core) fail(it *item, res Result, now time.Time) {
 	it.state = failed
 	it.due = due
 	if c.cfg.Ordering {
-		ks := c.keyState(it.key)
-		ks.blocked = true
-		ks.failedWindow++
+		c.keys.failedInWindow(it.key)
 	}
 }
 

@@ -94,11 +94,9 @@ type core struct {
 	borrowed int64
 	reserve  int
 
-	keys   map[string]*keyState
-	ready  []*keyState // keys with dispatchable events (ordering on)
-	loose  []*item     // dispatchable events (ordering off)
-	drains []*keyState // keys whose stored entries are next in line
-	work   []*batch    // entry batches ready to send
+	keys  keyQueues // per-key order (ordering on; stored barriers always)
+	loose []*item   // dispatchable events (ordering off)
+	work  []*batch  // entry batches ready to send
 
 	inFlight        int
 	inFlightEntries map[uint64]bool
@@ -135,7 +133,7 @@ type Counters struct {
 func newCore(cfg Config, log Log, cons *engine.Consumer) (*core, error) {
 	c := &core{
 		cfg: cfg, pol: &cfg.Policy, log: log, cons: cons, logger: cfg.Logger,
-		keys: make(map[string]*keyState), inFlightEntries: make(map[uint64]bool),
+		keys: newKeyQueues(), inFlightEntries: make(map[uint64]bool),
 		aimd: newAIMD(cfg.ConcurrencyInitial, cfg.ConcurrencyMax),
 	}
 	c.health = newHealth(c.pol)
@@ -162,9 +160,7 @@ func newCore(cfg Config, log Log, cons *engine.Consumer) (*core, error) {
 	// entries go out only that way (a destination whose ordering was
 	// turned off, or stragglers Recover requeued behind a barrier).
 	err = cons.Barriers(func(key []byte, _ uint64) error {
-		ks := c.keyState(string(key))
-		ks.blocked = true
-		c.queueDrain(ks)
+		c.keys.restoreBarrier(string(key))
 		return nil
 	})
 	if err != nil {
@@ -240,7 +236,7 @@ func (c *core) nextWake(now time.Time) time.Time {
 	if !c.nextDue.IsZero() && len(c.work) == 0 {
 		wake = minTime(wake, maxTime(c.nextDue, start))
 	}
-	if c.rate != nil && (len(c.ready) > 0 || len(c.loose) > 0 || len(c.work) > 0) {
+	if c.rate != nil && (c.keys.anyReady() || len(c.loose) > 0 || len(c.work) > 0) {
 		wake = minTime(wake, maxTime(now.Add(time.Millisecond), start))
 	}
 	return wake

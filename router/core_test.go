@@ -370,7 +370,7 @@ func (h *harness) settled() bool {
 	cur, _ := h.cons.Cursor()
 	return len(h.flights) == 0 && len(h.answered) == 0 && h.c.inFlight == 0 && cur == h.eng.LastSeq()+1 &&
 		h.cons.Count(engine.StateFailed) == 0 && h.cons.Count(engine.StateSkipped) == 0 &&
-		h.c.txn.Empty() && len(h.c.work) == 0 && len(h.c.drains) == 0
+		h.c.txn.Empty() && len(h.c.work) == 0 && len(h.c.keys.drains) == 0
 }
 
 // runUntil steps until cond holds, failing after maxSteps.
@@ -517,13 +517,13 @@ func (h *harness) check(healthy bool) {
 		h.t.Errorf("barriers left: %v", barriers)
 	}
 	c := h.c
-	if c.inFlight != 0 || len(c.work) != 0 || len(c.inFlightEntries) != 0 || len(c.ready) != 0 || len(c.drains) != 0 {
+	if c.inFlight != 0 || len(c.work) != 0 || len(c.inFlightEntries) != 0 || len(c.keys.ready) != 0 || len(c.keys.drains) != 0 {
 		h.t.Errorf("router state left: in flight %d, work %d, reserved entries %d, ready %d, drains %d",
-			c.inFlight, len(c.work), len(c.inFlightEntries), len(c.ready), len(c.drains))
+			c.inFlight, len(c.work), len(c.inFlightEntries), len(c.keys.ready), len(c.keys.drains))
 	}
-	if len(c.keys) != 0 {
+	if len(c.keys.keys) != 0 {
 		var ks []string
-		for k, s := range c.keys {
+		for k, s := range c.keys.keys {
 			ks = append(ks, fmt.Sprintf("%s%+v", k, *s))
 		}
 		h.t.Errorf("key states left: %v", ks)
@@ -1747,7 +1747,7 @@ func TestCoreCrashRecovery(t *testing.T) {
 			nb := 0
 			h.cons.Barriers(func(key []byte, head uint64) error {
 				nb++
-				ks := h.c.keys[string(key)]
+				ks := h.c.keys.keys[string(key)]
 				if ks == nil || !ks.blocked || !ks.draining {
 					t.Errorf("barrier of %q (head %d) not restored as a blocked, draining key: %+v", key, head, ks)
 				}

@@ -90,32 +90,31 @@ func (c *core) nextWindowBatch(now time.Time, max int) *batch {
 		}
 		return b.forWindow()
 	}
-	for len(c.ready) > 0 && len(b.items) < max {
-		ks := c.ready[0]
-		if m := max; len(ks.pending) > 0 && !fits(ks.pending[0], b.items, &m) {
+	for len(b.items) < max {
+		k, head := c.keys.nextReady()
+		if k == nil {
 			break
 		}
-		c.ready = c.ready[1:]
-		ks.queued = false
-		if ks.busy || ks.blocked {
+		if m := max; head != nil && !fits(head, b.items, &m) {
+			break
+		}
+		if _, ok := c.keys.takeReady(); !ok {
 			continue
 		}
-		for len(ks.pending) > 0 && len(b.items) < max {
-			it := ks.pending[0]
+		sent := false
+		for it := k.head(); it != nil && len(b.items) < max; it = k.head() {
 			if !fits(it, b.items, &max) {
 				break
 			}
-			ks.pending = ks.pending[1:]
+			k.take()
 			if c.expire(it, now) {
 				continue
 			}
 			it.state = inflight
-			ks.busy = true
+			sent = true
 			b.items = append(b.items, it)
 		}
-		if !ks.busy {
-			c.forget(ks)
-		}
+		c.keys.taken(k, sent)
 	}
 	return b.forWindow()
 }
@@ -167,8 +166,7 @@ func (c *core) nextEntryBatch(now time.Time, max int) *batch {
 		c.gatherEntries(now)
 	}
 	for i, b := range c.work {
-		ks := c.keys[b.items[0].key]
-		if c.cfg.Ordering && ks != nil && ks.busy {
+		if c.cfg.Ordering && c.keys.isBusy(b.items[0].key) {
 			continue
 		}
 		if len(b.items) > max {
@@ -183,7 +181,7 @@ func (c *core) nextEntryBatch(now time.Time, max int) *batch {
 			it.state = inflight
 		}
 		if c.cfg.Ordering {
-			c.keyState(b.items[0].key).busy = true
+			c.keys.sendEntries(b.items[0].key)
 		}
 		return b
 	}

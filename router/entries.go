@@ -15,12 +15,9 @@ func (c *core) gatherEntries(now time.Time) {
 	if c.err != nil {
 		return
 	}
-	drains := c.drains
-	c.drains = nil
-	for _, ks := range drains {
-		ks.draining = false
+	for _, ks := range c.keys.takeDrains() {
 		if ks.busy {
-			c.queueDrain(ks)
+			c.keys.queueDrain(ks) // after its request
 			continue
 		}
 		c.drainKey(ks, now)
@@ -39,7 +36,7 @@ func (c *core) gatherEntries(now time.Time) {
 		if c.inFlightEntries[e.Seq] {
 			continue
 		}
-		if ks := c.keys[string(e.Key)]; c.cfg.Ordering && e.Flags&engine.EntryReplayed == 0 && ks != nil && ks.busy {
+		if c.cfg.Ordering && e.Flags&engine.EntryReplayed == 0 && c.keys.isBusy(string(e.Key)) {
 			left = true
 			continue
 		}
@@ -68,13 +65,13 @@ func (c *core) gatherEntries(now time.Time) {
 // none left, it lifts the barrier and lets the key's window events go.
 // Replayed events are not part of the key's queue (they never block it;
 // the retry scan sends them when due): it reads past them.
-func (c *core) drainKey(ks *keyState, now time.Time) {
+func (c *core) drainKey(ks *keyQueue, now time.Time) {
 	var ents []engine.Entry
 	for limit := c.cfg.BatchSize; ; limit *= 2 {
 		all, err := c.cons.KeyEntries([]byte(ks.key), limit)
 		if err != nil {
 			c.logger.Error("cannot read key entries", "destination", c.cfg.Name, "err", err)
-			c.queueDrain(ks)
+			c.keys.queueDrain(ks)
 			return
 		}
 		ents = slices.DeleteFunc(all, func(e engine.Entry) bool { return e.Flags&engine.EntryReplayed != 0 })
@@ -103,14 +100,12 @@ func (c *core) drainKey(ks *keyState, now time.Time) {
 		c.work = append(c.work, &batch{items: items, entry: true})
 		return
 	}
-	if len(ents) > 0 || ks.failedWindow > 0 {
+	if len(ents) > 0 || !ks.mayLift() {
 		return // still blocked by a stored failure (Due brings it back) or one in the window
 	}
 	c.txn.ClearBarrier([]byte(ks.key))
 	c.flush(now, true)
-	ks.blocked = false
-	c.markReady(ks)
-	c.forget(ks)
+	c.keys.lift(ks)
 }
 
 // loadEntry reads a stored entry's event. An event older than MaxAge is
@@ -161,9 +156,8 @@ func (c *core) afterEntryFinal(it *item, now time.Time) {
 	if it.replayed {
 		return
 	}
-	if !c.cfg.Ordering && c.keys[it.key] == nil {
+	if !c.cfg.Ordering && !c.keys.has(it.key) {
 		return // no stored barrier to drain (newCore)
 	}
-	ks := c.keyState(it.key)
-	c.queueDrain(ks)
+	c.keys.drain(it.key)
 }

@@ -66,9 +66,7 @@ func (c *core) admitRecord(r *engine.Record, now time.Time) {
 		c.loose = append(c.loose, it)
 		return
 	}
-	ks := c.keyState(it.key)
-	ks.pending = append(ks.pending, it)
-	c.markReady(ks)
+	c.keys.admit(it)
 }
 
 // newItem copies a record into an item that owns its bytes.
