@@ -147,6 +147,11 @@ const spillReason = "in flight when the read-ahead window filled"
 // is merely the oldest of many in flight.
 const spillAfter = time.Second
 
+// spillDueSlack is how long past its request's timeout a spilled head
+// becomes due: by then the request has answered or given up, so the retry
+// never races its own answer.
+const spillDueSlack = time.Second
+
 // spillEntry stores an in-flight window event so the cursor can pass it:
 // as the failed head of its key (due after its request's timeout, with a
 // barrier), or as skipped when earlier events of the key are already
@@ -159,7 +164,7 @@ func (c *core) spillEntry(it *item, now time.Time) {
 	}
 	e := c.entryOf(it, state)
 	if state == engine.StateFailed {
-		e.DueAt = now.Add(c.cfg.Timeout + time.Second).UnixNano()
+		e.DueAt = now.Add(c.cfg.Timeout + spillDueSlack).UnixNano()
 		if e.Reason == "" {
 			e.Reason = spillReason
 		}

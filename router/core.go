@@ -200,13 +200,22 @@ func (c *core) entryOf(it *item, s engine.State) engine.Entry {
 	return e
 }
 
+// wakeMax is the longest nextWake asks the driver to wait with nothing
+// scheduled: the machine looks at the clock at least this often.
+const wakeMax = time.Second
+
+// rateWakeMin is the shortest wait nextWake asks for while the rate limit
+// holds events back: the bucket refills continuously, so a finer wake-up
+// would send requests of one or two events.
+const rateWakeMin = time.Millisecond
+
 // nextWake is when poll may have new work without new input. While poll
 // cannot dispatch anyway (requests at the limit, a probe out, a backoff
 // waiting for the requests sent before it), only a result can change that,
 // and a result wakes the caller by itself; retries that are due wait for
 // the end of a pause or backoff.
 func (c *core) nextWake(now time.Time) time.Time {
-	wake := now.Add(time.Second)
+	wake := now.Add(wakeMax)
 	if c.throttledUntil.After(now) {
 		wake = minTime(wake, c.throttledUntil)
 	}
@@ -237,7 +246,7 @@ func (c *core) nextWake(now time.Time) time.Time {
 		wake = minTime(wake, maxTime(c.nextDue, start))
 	}
 	if c.rate != nil && (c.keys.anyReady() || len(c.loose) > 0 || len(c.work) > 0) {
-		wake = minTime(wake, maxTime(now.Add(time.Millisecond), start))
+		wake = minTime(wake, maxTime(now.Add(rateWakeMin), start))
 	}
 	return wake
 }

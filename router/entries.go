@@ -9,6 +9,21 @@ import (
 	"github.com/sluice-cdi/sluice/engine"
 )
 
+// The retry scan (gatherEntries) reads due failed entries at most
+// dueScanMax at a time, and looks again:
+const (
+	// dueScanMax bounds one scan: more are read at the next.
+	dueScanMax = 256
+	// dueBusyWait: when the scan was full, or left entries whose key has a
+	// request in flight (or that are themselves in flight), after this.
+	dueBusyWait = 50 * time.Millisecond
+	// dueErrorWait: after the index failed to say when the next is due.
+	dueErrorWait = time.Second
+	// dueIdleWait: with nothing stored to retry; a failure or spill
+	// stored meanwhile resets nextDue (refreshDue).
+	dueIdleWait = time.Hour
+)
+
 // gatherEntries loads entry work from the index.
 func (c *core) gatherEntries(now time.Time) {
 	c.flush(now, true)
@@ -25,7 +40,7 @@ func (c *core) gatherEntries(now time.Time) {
 	if !c.nextDue.IsZero() && now.Before(c.nextDue) {
 		return
 	}
-	due, err := c.cons.Due(now.UnixNano(), 256)
+	due, err := c.cons.Due(now.UnixNano(), dueScanMax)
 	if err != nil {
 		c.logger.Error("cannot read due retries", "destination", c.cfg.Name, "err", err)
 		return
@@ -48,16 +63,16 @@ func (c *core) gatherEntries(now time.Time) {
 	}
 	switch next, ok, err := c.cons.NextDue(); {
 	case err != nil:
-		c.nextDue = now.Add(time.Second)
-	case left || len(due) == 256:
-		c.nextDue = now.Add(50 * time.Millisecond)
+		c.nextDue = now.Add(dueErrorWait)
+	case left || len(due) == dueScanMax:
+		c.nextDue = now.Add(dueBusyWait)
 	case ok:
 		c.nextDue = time.Unix(0, next)
 		if !c.nextDue.After(now) {
-			c.nextDue = now.Add(50 * time.Millisecond) // due but in flight
+			c.nextDue = now.Add(dueBusyWait) // due but in flight
 		}
 	default:
-		c.nextDue = now.Add(time.Hour)
+		c.nextDue = now.Add(dueIdleWait)
 	}
 }
 

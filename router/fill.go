@@ -7,6 +7,17 @@ import (
 	"github.com/sluice-cdi/sluice/engine"
 )
 
+// readEventsMax is how many records fill asks the reader for at a time:
+// enough to amortise the call, few enough that the record buffer stays
+// small (the shared window budget asks for budgetReadEvents).
+const readEventsMax = 256
+
+// itemOverheadBytes is what an event costs in the window beyond its bytes
+// (the item, its Event and the slices' headers), counted towards
+// WindowBytes and the shared budget so that many tiny events are bounded
+// too.
+const itemOverheadBytes = 200
+
 // fill reads events into the window up to its bounds.
 func (c *core) fill(now time.Time) error {
 	c.refill = false
@@ -16,7 +27,7 @@ func (c *core) fill(now time.Time) error {
 		if c.windowFull() {
 			return nil
 		}
-		n := min(256, c.cfg.WindowEvents-(len(c.window)-c.head))
+		n := min(readEventsMax, c.cfg.WindowEvents-(len(c.window)-c.head))
 		if c.cfg.WindowBudget != nil {
 			n = min(n, budgetReadEvents)
 		}
@@ -78,7 +89,7 @@ func newItem(r *engine.Record) *item {
 		buf = append(buf, b...)
 		return buf[s:len(buf):len(buf)]
 	}
-	it := &item{seq: r.Seq, pos: r.Pos, key: string(r.Key), size: n + 200}
+	it := &item{seq: r.Seq, pos: r.Pos, key: string(r.Key), size: n + itemOverheadBytes}
 	it.ev = Event{Seq: r.Seq, ReceivedAt: r.ReceivedAt, Payload: cut(r.Payload), MessageID: cut(r.MessageID),
 		Key: cut(r.Key), Type: cut(r.Type), Source: cut(r.Source)}
 	it.buf = buf
