@@ -25,7 +25,9 @@ package router
 //     (core's drain found no entry) and no failed event of the key waits
 //     in the window to be stored (failedWindow == 0), with no request of
 //     the key in flight; then its window events go on from the head.
-//  5. Bookkeeping: a key is in ready exactly when queued is set, in drains
+//  5. Progress: a key with waiting window events, no request in flight
+//     and no barrier is in ready (so it is served without new input).
+//  6. Bookkeeping: a key is in ready exactly when queued is set, in drains
 //     exactly when draining is set, each at most once. A keyQueue is
 //     dropped only when nothing refers to it: not busy, not blocked, not
 //     queued, not draining, no pending events, no failed window event.
@@ -62,7 +64,7 @@ func (q *keyQueues) get(key string) *keyQueue {
 	return k
 }
 
-// forget drops a key's queue once nothing refers to it (invariant 5).
+// forget drops a key's queue once nothing refers to it (invariant 6).
 func (q *keyQueues) forget(k *keyQueue) {
 	if !k.busy && !k.blocked && !k.queued && !k.draining && len(k.pending) == 0 && k.failedWindow == 0 {
 		delete(q.keys, k.key)
@@ -141,7 +143,8 @@ func (k *keyQueue) take() { k.pending = k.pending[1:] }
 
 // taken ends taking events of a key taken off ready: with some sent the
 // key is busy until release; with none sent it is queued again if events
-// still wait (they did not fit this request), else dropped if idle.
+// still wait (they did not fit this request, invariant 5), else dropped if
+// idle.
 func (q *keyQueues) taken(k *keyQueue, sent bool) {
 	if sent {
 		k.busy = true
