@@ -76,22 +76,23 @@ func (c *core) pass(it *item, now time.Time) (pass, spill bool) {
 		c.txn.Put(c.entryOf(it, engine.StateAborted))
 		return true, false
 	case inflight:
-		if !it.spill {
-			if !c.windowFull() || it.batch == nil {
-				return false, false
-			}
-			if at := it.batch.start.Add(spillAfter); now.Before(at) {
-				c.spillAt = at // a request this young is not slow yet
-				return false, false
-			}
-			// A slow request holds the cursor and the window is full:
-			// store its events as failed (retried if the answer never
-			// comes) so the cursor, and every other key, can move on.
-			for _, x := range it.batch.items {
-				x.spill = true
-			}
-			c.stats.Spilled += uint64(len(it.batch.items))
+		if !c.windowFull() || it.batch == nil {
+			return false, false
 		}
+		if at := it.batch.start.Add(spillAfter); now.Before(at) {
+			c.spillAt = at // a request this young is not slow yet
+			return false, false
+		}
+		// A slow request holds the cursor and the window is full: store
+		// its events as failed (retried if the answer never comes) so the
+		// cursor, and every other key, can move on.
+		for _, x := range it.batch.items {
+			x.state = spilling
+		}
+		c.stats.Spilled += uint64(len(it.batch.items))
+		c.spillEntry(it, now)
+		return true, true
+	case spilling:
 		c.spillEntry(it, now)
 		return true, true
 	case waiting:
@@ -112,7 +113,7 @@ func (c *core) pass(it *item, now time.Time) (pass, spill bool) {
 func (c *core) stop(now time.Time) {
 	last := -1
 	for i := c.head; i < len(c.window); i++ {
-		if st := c.window[i].state; st != waiting && st != inflight {
+		if st := c.window[i].state; st != waiting && st != inflight && st != spilling {
 			last = i
 		}
 	}

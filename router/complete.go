@@ -308,7 +308,7 @@ func (c *core) requeue(b *batch, bisect bool, now time.Time) {
 	}
 	for i := len(win) - 1; i >= 0; i-- {
 		it := win[i]
-		it.state, it.spill = waiting, false
+		it.state = waiting
 		if !c.cfg.Ordering {
 			c.loose = append([]*item{it}, c.loose...)
 			continue

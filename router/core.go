@@ -19,11 +19,15 @@ type Log interface {
 type itemState uint8
 
 const (
-	waiting itemState = iota
-	inflight
-	done // succeeded or filtered: settled, no entry
-	failed
-	aborted
+	waiting  itemState = iota // not sent: in its key's queue (or core.loose)
+	inflight                  // in a request
+	// spilling: in a slow request that holds the cursor of a full window;
+	// advance stores it (spillEntry) when the cursor reaches it, and its
+	// answer settles the entry.
+	spilling
+	done    // succeeded or filtered: settled, no entry
+	failed  // failed in the window: stored as its key's failed head when passed
+	aborted // aborted in the window: stored as a dead letter when passed
 )
 
 // item is one event held by the router: read into the window (seq at or
@@ -56,7 +60,6 @@ type item struct {
 	// persisted: the event has a stored entry (loaded from one, or spilled
 	// while in flight); its outcome is recorded as an entry transition.
 	persisted bool
-	spill     bool // in flight when the window filled: store it as failed
 	// spillHead: stored by spillEntry as its key's failed head, due only
 	// after its request's timeout.
 	spillHead bool
