@@ -40,15 +40,17 @@
 //   - The simulator (fuzz/sim.go) steps one Machine per destination in
 //     virtual time against faulty fake destinations, crashes and storage
 //     faults.
-//   - The scripted scenarios (core_test.go) step it in virtual time too,
-//     observing it between phases through Machine.Hooks.
+//   - The scripted scenarios (core_test.go, on harness_test.go) step it
+//     in virtual time too, observing it between phases through
+//     Machine.Hooks.
 //
 // # Files, by phase of a step
 //
 //   - core.go: the state (core, item, batch) and the driver-facing helpers
 //     (nextWake, the window's bounds and budget).
-//   - keyqueue.go: per-key order: what may be sent next for a key, what is
-//     skipped behind a failed head, when the barrier lifts.
+//   - keyqueue.go: per-key order (keyQueues): what may be sent next for a
+//     key, what is skipped behind a failed head, when the barrier lifts;
+//     its invariants are in its doc and tested against a model.
 //   - fill.go: reading the log into the window and admitting events.
 //   - dispatch.go: poll, assembling window and stored-entry batches.
 //   - complete.go: applying a result (success, throttle, refusal, failure,
