@@ -20,8 +20,11 @@ import (
 
 // The simulator drives the real engine (on a crashable in-memory file
 // system) and one router.Machine per destination from a single goroutine in
-// virtual time. Everything random comes from streams seeded by the knobs, so
-// a run replays exactly.
+// virtual time. Each machine runs Machine.Step, the step Router.Run runs in
+// production: responses that arrive wait for the destination's next Step,
+// which applies them before it reads and dispatches (see the router
+// package doc). Everything random comes from streams seeded by the knobs,
+// so a run replays exactly.
 //
 // A run has two phases. In the safety phase the workload script runs
 // (appends, resends, pauses, replays, reclaims, outages, crashes, graceful
