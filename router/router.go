@@ -152,6 +152,12 @@ const publishInterval = 100 * time.Millisecond
 // rather than taking a core.
 const wakeMin = 100 * time.Microsecond
 
+// shutdownSlack is how long past the send timeout shutdown waits for the
+// requests in flight: a Send that honours its context has returned by then;
+// one that does not is abandoned (its events are sent again after the
+// restart).
+const shutdownSlack = time.Second
+
 // receiveResults appends the results already waiting to done, so one Step
 // applies them all.
 func receiveResults(results chan *Dispatch, done []*Dispatch) []*Dispatch {
@@ -171,7 +177,7 @@ func receiveResults(results chan *Dispatch, done []*Dispatch) []*Dispatch {
 func (r *Router) shutdown(results chan *Dispatch, cancelSends context.CancelFunc) error {
 	m, c := r.m, r.core
 	m.Pause()
-	deadline := time.NewTimer(r.cfg.Timeout + time.Second)
+	deadline := time.NewTimer(r.cfg.Timeout + shutdownSlack)
 	defer deadline.Stop()
 	for c.inFlight > 0 {
 		select {
