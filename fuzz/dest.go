@@ -31,17 +31,21 @@ type dest struct {
 	stepErr bool
 	spins   int // turns in a row woken at once with nothing sent
 	flights []*flight
-	outages []span
-	sources map[string]bool // nil: all
-	types   map[string]bool // nil: all
-	okCount int             // successful requests, for the canaries
+	// answered are responses that arrived, in arrival order, for the
+	// machine's next Step (it applies them before anything else).
+	answered []*flight
+	outages  []span
+	sources  map[string]bool // nil: all
+	types    map[string]bool // nil: all
+	okCount  int             // successful requests, for the canaries
 	// lastActive is the last dispatch or response, for stall detection;
 	// throttledUntil the end of the last 429's Retry-After.
 	lastActive, throttledUntil time.Time
 
-	// lastAborted is the machine's Aborted counter after the last call:
-	// a rise during Complete of a one-event request means that event is
-	// aborted (final), even before its entry reaches the index.
+	// lastAborted is the machine's Aborted counter after the last look:
+	// a rise while Step applies the response to a one-event request means
+	// that event is aborted (final), even before its entry reaches the
+	// index.
 	lastAborted uint64
 
 	delivered    map[uint64]int // times received
@@ -214,8 +218,18 @@ func (d *dest) resetAfterRestart() {
 }
 
 func (d *dest) dropFlights() {
-	d.flights = nil
+	d.flights, d.answered = nil, nil
 	clear(d.keyOut)
+}
+
+// answeredFlight returns the answered flight of disp.
+func (d *dest) answeredFlight(disp *router.Dispatch) *flight {
+	for _, f := range d.answered {
+		if f.disp == disp {
+			return f
+		}
+	}
+	return nil
 }
 
 // passes reports whether the destination's filters accept the event.
@@ -320,8 +334,9 @@ func (s *Sim) isPoison(msgID string) bool {
 	return float64(h%1_000_000) < s.poisonRate*1_000_000
 }
 
-// complete hands a response to the machine. What the destination kept is
-// recorded first: it got the request before the router hears back.
+// complete is a response arriving: what the destination kept is recorded
+// (it got the request before the router hears back), and the response
+// waits for the machine's next Step, as a result waits for Router.Run's.
 func (s *Sim) complete(d *dest, f *flight) {
 	i := slices.Index(d.flights, f)
 	d.flights = slices.Delete(d.flights, i, i+1)
@@ -359,13 +374,13 @@ func (s *Sim) complete(d *dest, f *flight) {
 		}
 	}
 	s.tracef("done %s req %d %s status %d err=%v", d.name, f.id, s.fmtSeqs(f.seqs), f.res.Status, f.res.Err)
-	d.m.Complete(f.disp, f.res, s.now())
-	s.noteAborts(d, f)
-	s.checkBounds(d)
+	f.disp.Result = f.res
+	d.answered = append(d.answered, f)
 }
 
 // noteAborts turns a rise of the machine's Aborted counter into knowledge:
-// during Complete only the request's single event can have been aborted.
+// while Step applies a response (f) only the request's single event can
+// have been aborted.
 func (s *Sim) noteAborts(d *dest, f *flight) {
 	n := d.m.Counters().Aborted
 	if n == d.lastAborted {

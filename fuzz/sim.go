@@ -21,8 +21,11 @@ import (
 
 // The simulator drives the real engine (on a crashable in-memory file
 // system) and one router.Machine per destination from a single goroutine in
-// virtual time. Everything random comes from streams seeded by the knobs, so
-// a run replays exactly.
+// virtual time. Each machine runs Machine.Step, the step Router.Run runs in
+// production: responses that arrive wait for the destination's next Step,
+// which applies them before it reads and dispatches (see the router
+// package doc). Everything random comes from streams seeded by the knobs,
+// so a run replays exactly.
 //
 // A run has two phases. In the safety phase the workload script runs
 // (appends, resends, pauses, replays, reclaims, outages, crashes, graceful
@@ -387,6 +390,7 @@ func (s *Sim) startDest(d *dest) bool {
 		return false
 	}
 	d.cons, d.m, d.stepErr = cons, m, false
+	m.Hooks.Completed = func(disp *router.Dispatch) { s.noteAborts(d, d.answeredFlight(disp)) }
 	d.lastAborted = m.Counters().Aborted
 	if d.paused {
 		m.Pause()
@@ -445,7 +449,12 @@ func (s *Sim) stepAll() {
 
 func (s *Sim) stepDest(d *dest) {
 	now := s.now()
-	ds, err := d.m.Step(now)
+	done := make([]*router.Dispatch, len(d.answered))
+	for i, f := range d.answered {
+		done[i] = f.disp
+	}
+	ds, err := d.m.Step(now, done)
+	d.answered = nil
 	if err != nil && !d.stepErr {
 		d.stepErr = true
 		s.violate("router", d, "", nil, "machine stopped: %v", err)
@@ -572,7 +581,7 @@ func (s *Sim) restart(f *storageFault) {
 func (s *Sim) inFlight() int {
 	n := 0
 	for _, d := range s.dests {
-		n += len(d.flights)
+		n += len(d.flights) + len(d.answered)
 	}
 	return n
 }
@@ -669,7 +678,7 @@ func (s *Sim) idle() bool {
 func (s *Sim) idleDest(d *dest) bool {
 	d.m.Flush(s.now())
 	cur, _ := d.cons.Cursor()
-	if len(d.flights) > 0 || d.m.InFlight() > 0 || d.m.WindowEvents() > 0 || !s.cursorAtEnd(cur, false) ||
+	if len(d.flights) > 0 || len(d.answered) > 0 || d.m.InFlight() > 0 || d.m.WindowEvents() > 0 || !s.cursorAtEnd(cur, false) ||
 		d.cons.Count(engine.StateFailed) > 0 || d.cons.Count(engine.StateSkipped) > 0 {
 		return false
 	}

@@ -108,7 +108,7 @@ func NewAdmin(eng *engine.Engine, routers []*Router, o AdminOptions) (*Admin, er
 			}
 			// No Run loop yet, so no lock: the goroutine that will run it
 			// starts after this.
-			r.core.paused = true
+			r.m.Pause()
 			r.publish()
 			a.mu.paused[name] = true
 			a.log.Info("destination paused, as before the restart", "destination", name, "file", a.pausedPath)

@@ -67,7 +67,7 @@ func TestWindowBudgetAcrossRouters(t *testing.T) {
 	if _, err := eng.Append(context.Background(), recs); err != nil {
 		t.Fatal(err)
 	}
-	// An item is its fields plus 200 bytes (core's newItem).
+	// An item is its fields plus 200 bytes (core's itemOverheadBytes).
 	item := int64(len(recs[backlog-1].Payload)+len("web")+len("track")+len("m399")+len("u6")) + 200
 	bound := budget.Bytes() + routers*(budget.ReserveBytes()+32*item)
 	ctx := context.Background()

@@ -126,11 +126,17 @@ type WindowBudget struct {
 // a budget (the overshoot past a full budget).
 const budgetReadEvents = 32
 
+// reserveBytesDefault is a router's own share of window bytes when
+// NewWindowBudget is given none: a few hundred events, so a router always
+// reads a batch or two ahead whatever the others hold.
+const reserveBytesDefault = 256 << 10
+
 // NewWindowBudget returns a budget of bytes shared by routers, each of
-// which may also hold reserveBytes of its own (0: 256 KiB).
+// which may also hold reserveBytes of its own (0: reserveBytesDefault,
+// 256 KiB).
 func NewWindowBudget(bytes, reserveBytes int64) (*WindowBudget, error) {
 	if reserveBytes == 0 {
-		reserveBytes = 256 << 10
+		reserveBytes = reserveBytesDefault
 	}
 	if bytes < 1 || reserveBytes < 1 {
 		return nil, fmt.Errorf("cannot make a window budget of %d bytes with %d reserved per router: both must be positive", bytes, reserveBytes)

@@ -155,6 +155,21 @@ type aimd struct {
 	cut        time.Time // when the limit last fell
 }
 
+// The AIMD's tuning:
+const (
+	// aimdCut is the factor a bad or slow answer cuts the limit by (at most
+	// once per round trip).
+	aimdCut = 0.9
+	// aimdSlow: a delivered request slower than this many times the
+	// average counts as bad (the destination is saturating).
+	aimdSlow = 2
+	// aimdSteady: the limit rises (by one, once per round trip) only while
+	// requests at the limit answer within this many times the average.
+	aimdSteady = 1.1
+	// aimdEWMAWeight is the weight of each new latency in the average.
+	aimdEWMAWeight = 0.1
+)
+
 func newAIMD(initial, max int) *aimd {
 	return &aimd{limit: float64(initial), max: float64(max)}
 }
@@ -166,21 +181,21 @@ func (a *aimd) Limit() int { return max(1, int(a.limit)) }
 // it was throttled or failed.
 func (a *aimd) observe(start, now time.Time, inFlight int, bad bool) {
 	l := now.Sub(start).Seconds()
-	slow := !bad && a.ewma > 0 && l > 2*a.ewma
+	slow := !bad && a.ewma > 0 && l > aimdSlow*a.ewma
 	if !bad {
 		if a.ewma == 0 {
 			a.ewma = l
 		} else {
-			a.ewma = 0.9*a.ewma + 0.1*l
+			a.ewma = (1-aimdEWMAWeight)*a.ewma + aimdEWMAWeight*l
 		}
 	}
 	switch {
 	case bad || slow:
 		if !start.Before(a.cut) {
-			a.limit = max(1, a.limit*0.9)
+			a.limit = max(1, a.limit*aimdCut)
 			a.cut = now
 		}
-	case inFlight >= a.Limit() && l <= a.ewma*1.1 && !start.Before(a.raised) && !start.Before(a.cut):
+	case inFlight >= a.Limit() && l <= a.ewma*aimdSteady && !start.Before(a.raised) && !start.Before(a.cut):
 		if a.limit < a.max {
 			a.limit = min(a.max, a.limit+1)
 			a.raised = now

@@ -6,16 +6,32 @@ import (
 	"github.com/sluice-cdi/sluice/engine"
 )
 
-// Machine exposes the router's state machine for deterministic simulation
-// (fuzz/): the caller owns time and the transport. Router.Run is the same
-// machine driven by the system clock and goroutines. Not safe for
-// concurrent use.
+// Machine is the router's state machine for one destination, driven one
+// Step at a time by its caller, who owns time and the transport. It is the
+// only driver of core: Router.Run steps it in real time (sending on
+// goroutines), the simulator in fuzz/ and the scripted tests in
+// core_test.go step it in virtual time. Not safe for concurrent use.
 type Machine struct {
 	c *core
+	// Hooks, when set, run inside Step between its phases (tests and the
+	// simulator observe the machine there; Router.Run sets none).
+	Hooks Hooks
+}
+
+// Hooks observe a Step between its phases.
+type Hooks struct {
+	// Completed runs after each finished request's result is applied,
+	// before the next one's.
+	Completed func(d *Dispatch)
+	// Polled runs with the requests chosen to send in one round of Step,
+	// before advance moves the cursor past the window's settled events
+	// (and stores the aborted ones).
+	Polled func(ds []*Dispatch)
 }
 
 // Dispatch is one request the machine wants sent: Events go to the
-// destination; the outcome comes back through Complete.
+// destination; the caller sets Result when the request finished and hands
+// the Dispatch back to Step.
 type Dispatch struct {
 	b *batch
 	// Events are the batch's events; their slices stay valid until the
@@ -24,7 +40,15 @@ type Dispatch struct {
 	// Probe is set on the single request sent to test a destination that
 	// looked down.
 	Probe bool
+	// Result is the destination's answer, set by the caller.
+	Result Result
 }
+
+// refillRounds bounds the rounds of one Step: each round reads, dispatches
+// and moves the cursor; another follows only when moving the cursor made
+// room in a full window while the log holds more (core.refill), so a
+// backlog is read on without waiting for new input.
+const refillRounds = 8
 
 // NewMachine builds the state machine for one destination from the
 // consumer's stored state (cursor, barriers, entries).
@@ -40,36 +64,62 @@ func NewMachine(cfg Config, log Log, cons *engine.Consumer) (*Machine, error) {
 	return &Machine{c: core}, nil
 }
 
-// Step reads new events into the window, returns the requests to send now,
-// and moves the cursor past settled events.
-func (m *Machine) Step(now time.Time) ([]*Dispatch, error) {
-	bs, err := m.c.step(now)
-	if err != nil {
-		return nil, err
+// Step is one turn of the router, its phases always in this order: apply
+// the results of the finished requests in done (complete, in the order
+// given), then up to refillRounds rounds of: read new events into the
+// window (fill), choose the requests to send now (poll), move the cursor
+// past settled events and commit what is due (advance, flush). It returns
+// the requests to send, and the error that stopped reading the log, or the
+// sticky error that stopped dispatch (a failed commit).
+func (m *Machine) Step(now time.Time, done []*Dispatch) ([]*Dispatch, error) {
+	c := m.c
+	for _, d := range done {
+		d.b.res = d.Result
+		c.complete(d.b, now)
+		if m.Hooks.Completed != nil {
+			m.Hooks.Completed(d)
+		}
 	}
 	var out []*Dispatch
-	for _, b := range bs {
-		d := &Dispatch{b: b, Probe: b.probe, Events: make([]Event, len(b.items))}
-		for i, it := range b.items {
-			d.Events[i] = it.ev
+	for range refillRounds {
+		if err := c.fill(now); err != nil {
+			return out, err
 		}
-		out = append(out, d)
+		polled := dispatches(c.poll(now))
+		if m.Hooks.Polled != nil && len(polled) > 0 {
+			m.Hooks.Polled(polled)
+		}
+		out = append(out, polled...)
+		c.advance(now)
+		if !c.refill {
+			break
+		}
 	}
-	return out, m.c.err
+	return out, c.err
 }
 
-// Complete applies a request's outcome and moves the cursor.
-func (m *Machine) Complete(d *Dispatch, res Result, now time.Time) {
-	d.b.res = res
-	m.c.complete(d.b, now)
-	m.c.advance(now)
+// dispatches wraps batches polled to send.
+func dispatches(bs []*batch) []*Dispatch {
+	if len(bs) == 0 {
+		return nil
+	}
+	out := make([]*Dispatch, len(bs))
+	for i, b := range bs {
+		d := &Dispatch{b: b, Probe: b.probe, Events: make([]Event, len(b.items))}
+		for j, it := range b.items {
+			d.Events[j] = it.ev
+		}
+		out[i] = d
+	}
+	return out
 }
 
-// NextWake is when Step may have work without new input.
+// NextWake is when Step may have work without new input (a finished
+// request is new input).
 func (m *Machine) NextWake(now time.Time) time.Time { return m.c.nextWake(now) }
 
-// Stop prepares a graceful shutdown once nothing is in flight (as
-// Router.Run does): settled events are recorded so none is sent again.
+// Stop prepares a graceful shutdown once nothing is in flight: settled
+// events are recorded so none is sent again.
 func (m *Machine) Stop(now time.Time) { m.c.stop(now) }
 
 // Flush commits pending state transitions now.
@@ -87,9 +137,12 @@ func (m *Machine) Breaker() BreakerState { return m.c.health.state }
 // Counters are the machine's running totals.
 func (m *Machine) Counters() Counters { return m.c.stats }
 
-// Pause and Resume stop and restart dispatching.
-func (m *Machine) Pause()  { m.c.paused = true }
-func (m *Machine) Resume() { m.c.paused = false }
+// Pause stops dispatching; requests in flight finish.
+func (m *Machine) Pause() { m.c.paused = true }
+
+// Resume undoes Pause, and a pause the destination asked for
+// (Result.Pause).
+func (m *Machine) Resume() { m.c.paused, m.c.pausedBy = false, nil }
 
 // Kick makes the next Step look for due retries (after a replay).
 func (m *Machine) Kick() { m.c.refreshDue() }

@@ -1,28 +1,3 @@
-// Package router delivers the log's events to destinations: one Router per
-// destination reads the log from the destination's cursor, filters,
-// partitions by ordering key, sends, and records each event's state in the
-// engine (DESIGN.md's three queues).
-//
-// The algorithm lives in core (core.go), a state machine with no goroutines
-// and no clock of its own; Router runs it in real time, and the simulator in
-// fuzz/ runs it in virtual time. Per destination:
-//
-//   - Events of one ordering key are sent one batch at a time, in order. A
-//     failed event sets a barrier on its key: later events of the key are
-//     stored as skipped, in order, while other keys flow on. When the failed
-//     event succeeds or is aborted, the key's skipped events go next, in
-//     order, before any newer event of the key.
-//   - A failure is charged to the event only while the destination looks
-//     healthy (a message problem); after MinAttempts charged failures the
-//     event is aborted into the dead letters. When many unrelated events
-//     fail, the breaker opens: nothing is sent, nothing is charged, and a
-//     single probe after an exponential, jittered backoff decides when to
-//     resume.
-//   - 429 and Retry-After pause the destination without counting as
-//     failures; concurrency adapts (AIMD) and an optional rate limit caps
-//     events per second.
-//   - Memory is bounded by the window (events read ahead of the cursor),
-//     and across routers by a shared WindowBudget.
 package router
 
 import (
@@ -38,11 +13,12 @@ import (
 // Router delivers one destination's events.
 type Router struct {
 	cfg  Config
-	core *core
+	m    *Machine
+	core *core // m.c, read by publish
 	log  Log
 	cons *engine.Consumer
 	dest Destination
-	ctl  chan func(*core)
+	ctl  chan func(*Machine)
 	// status is the latest snapshot: once stored it is never edited (readers
 	// copy it without a lock), only replaced.
 	status  atomic.Pointer[Status]
@@ -74,7 +50,7 @@ func New(cfg Config, log Log, cons *engine.Consumer, dest Destination) (*Router,
 	if err != nil {
 		return nil, err
 	}
-	r := &Router{cfg: c, core: cc, log: log, cons: cons, dest: dest, ctl: make(chan func(*core))}
+	r := &Router{cfg: c, m: &Machine{c: cc}, core: cc, log: log, cons: cons, dest: dest, ctl: make(chan func(*Machine))}
 	r.publish()
 	return r, nil
 }
@@ -87,21 +63,22 @@ func (r *Router) Status() Status { return *r.status.Load() }
 
 // Pause stops dispatching new requests; in-flight ones finish.
 func (r *Router) Pause(ctx context.Context) error {
-	return r.do(ctx, func(c *core) { c.paused = true })
+	return r.do(ctx, (*Machine).Pause)
 }
 
 // Resume undoes Pause.
 func (r *Router) Resume(ctx context.Context) error {
-	return r.do(ctx, func(c *core) { c.paused, c.pausedBy = false, nil })
+	return r.do(ctx, (*Machine).Resume)
 }
 
 // Kick makes the router look for due retries now (after a replay).
-func (r *Router) Kick(ctx context.Context) error { return r.do(ctx, func(c *core) { c.refreshDue() }) }
+func (r *Router) Kick(ctx context.Context) error { return r.do(ctx, (*Machine).Kick) }
 
-func (r *Router) do(ctx context.Context, f func(*core)) error {
+// do runs f on the machine in Run's goroutine.
+func (r *Router) do(ctx context.Context, f func(*Machine)) error {
 	done := make(chan struct{})
 	select {
-	case r.ctl <- func(c *core) { f(c); r.publish(); close(done) }: // Status shows the change at once
+	case r.ctl <- func(m *Machine) { f(m); r.publish(); close(done) }: // Status shows the change at once
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -115,28 +92,35 @@ func (r *Router) do(ctx context.Context, f func(*core)) error {
 
 // Run delivers until ctx ends, then stops dispatching, waits for requests in
 // flight (at most the send timeout), records their outcome and returns.
+//
+// Run is a real-time loop over Machine.Step, the step the simulator and the
+// scripted tests drive: it only adds the clock (when to step again) and the
+// I/O (each request sent on its own goroutine, its result handed to the
+// next Step).
 func (r *Router) Run(ctx context.Context) error {
-	c := r.core
-	results := make(chan *batch, r.cfg.ConcurrencyMax)
+	m, c := r.m, r.core
+	results := make(chan *Dispatch, r.cfg.ConcurrencyMax)
 	sendCtx, cancelSends := context.WithCancel(context.Background())
 	defer cancelSends()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	lastPublish := time.Time{}
+	var done []*Dispatch
 	for {
 		// Take the change channel before reading, so records that land
 		// after the read still wake the loop.
 		changed := r.log.Changed()
 		now := r.cfg.Clock.Now()
-		bs, err := c.step(now)
-		if err != nil {
+		ds, err := m.Step(now, done)
+		done = done[:0]
+		if err != nil && err != c.err {
 			c.logger.Error("router cannot read the log", "destination", r.cfg.Name, "err", err)
 		}
-		for _, b := range bs {
+		for _, d := range ds {
 			r.wg.Add(1)
-			go r.send(sendCtx, b, results)
+			go r.send(sendCtx, d, results)
 		}
-		if now.Sub(lastPublish) >= 100*time.Millisecond {
+		if now.Sub(lastPublish) >= publishInterval {
 			r.publish()
 			lastPublish = now
 		}
@@ -145,51 +129,74 @@ func (r *Router) Run(ctx context.Context) error {
 			changed = nil         // nothing more can be read until the cursor moves
 			room = c.budgetWait() // or another router gives back budget
 		}
-		timer.Reset(max(c.nextWake(now).Sub(now), 100*time.Microsecond))
+		timer.Reset(max(m.NextWake(now).Sub(now), wakeMin))
 		select {
-		case b := <-results:
-			c.complete(b, r.cfg.Clock.Now())
-			r.drainResults(results)
+		case d := <-results:
+			done = receiveResults(results, append(done, d))
 		case <-changed:
 		case <-room:
 		case <-timer.C:
 		case f := <-r.ctl:
-			f(c)
+			f(m)
 		case <-ctx.Done():
 			return r.shutdown(results, cancelSends)
 		}
 	}
 }
 
-func (r *Router) drainResults(results chan *batch) {
+// publishInterval is how often Run refreshes Status without being asked.
+const publishInterval = 100 * time.Millisecond
+
+// wakeMin is the shortest wait of Run's loop: a machine that asks to be
+// woken at once still yields for this long, so a bug there spins slowly
+// rather than taking a core.
+const wakeMin = 100 * time.Microsecond
+
+// shutdownSlack is how long past the send timeout shutdown waits for the
+// requests in flight: a Send that honours its context has returned by then;
+// one that does not is abandoned (its events are sent again after the
+// restart).
+const shutdownSlack = time.Second
+
+// receiveResults appends the results already waiting to done, so one Step
+// applies them all.
+func receiveResults(results chan *Dispatch, done []*Dispatch) []*Dispatch {
 	for {
 		select {
-		case b := <-results:
-			r.core.complete(b, r.cfg.Clock.Now())
+		case d := <-results:
+			done = append(done, d)
 		default:
-			return
+			return done
 		}
 	}
 }
 
-func (r *Router) shutdown(results chan *batch, cancelSends context.CancelFunc) error {
-	c := r.core
-	c.paused = true
-	deadline := time.NewTimer(r.cfg.Timeout + time.Second)
+// shutdown stops dispatching, steps the machine with the results of the
+// requests in flight until none is left (or the send timeout passed), and
+// records what they settled (Machine.Stop).
+func (r *Router) shutdown(results chan *Dispatch, cancelSends context.CancelFunc) error {
+	m, c := r.m, r.core
+	m.Pause()
+	deadline := time.NewTimer(r.cfg.Timeout + shutdownSlack)
 	defer deadline.Stop()
 	for c.inFlight > 0 {
 		select {
-		case b := <-results:
-			c.complete(b, r.cfg.Clock.Now())
+		case d := <-results:
+			done := receiveResults(results, []*Dispatch{d})
+			if _, err := m.Step(r.cfg.Clock.Now(), done); err != nil && err != c.err {
+				c.logger.Error("router cannot read the log", "destination", r.cfg.Name, "err", err)
+			}
 		case <-deadline.C:
 			cancelSends()
 			c.logger.Warn("requests still in flight at shutdown; they will be sent again", "destination", r.cfg.Name, "in_flight", c.inFlight)
 			c.inFlight = 0
 		}
 	}
-	c.stop(r.cfg.Clock.Now())
+	m.Stop(r.cfg.Clock.Now())
 	r.wg.Wait()
-	c.releaseBudget()
+	if err := m.Close(); err != nil {
+		c.logger.Warn("cannot close the log reader", "destination", r.cfg.Name, "err", err)
+	}
 	r.stopped = true
 	r.publish()
 	if c.err != nil {
@@ -198,16 +205,13 @@ func (r *Router) shutdown(results chan *batch, cancelSends context.CancelFunc) e
 	return nil
 }
 
-func (r *Router) send(ctx context.Context, b *batch, results chan<- *batch) {
+// send sends one request and hands its result back to Run.
+func (r *Router) send(ctx context.Context, d *Dispatch, results chan<- *Dispatch) {
 	defer r.wg.Done()
-	events := make([]Event, len(b.items))
-	for i, it := range b.items {
-		events[i] = it.ev
-	}
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
-	b.res = r.dest.Send(ctx, events)
+	d.Result = r.dest.Send(ctx, d.Events)
 	cancel()
-	results <- b
+	results <- d
 }
 
 func (r *Router) publish() {

@@ -229,7 +229,15 @@ func TestRouterRunDelivers(t *testing.T) {
 	r.sink.mu.Unlock()
 	rt = r.router(3)
 	stop = run(t, rt)
-	time.Sleep(50 * time.Millisecond)
+	// Pause returns once Run's loop has taken it, so the router has made
+	// its first step (and looked for due retries: none, the next look an
+	// hour away) before the replay; Resume changes nothing of that.
+	if err := rt.Pause(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	if n, err := r.cons.Replay(time.Now().UnixNano(), nil); n != 1 || err != nil {
 		t.Fatalf("replay: %d %v", n, err)
 	}
@@ -463,10 +471,17 @@ func TestRouterDestinationPauses(t *testing.T) {
 	if !strings.Contains(st.Error, "permission denied") {
 		t.Errorf("status error %q, want the destination's reason", st.Error)
 	}
-	calls := dest.calls.Load()
-	time.Sleep(100 * time.Millisecond) // paused: nothing more is sent (a negative check; the positive one follows)
-	if n := dest.calls.Load(); n != calls {
-		t.Errorf("%d sends while paused", n-calls)
+	// Paused: nothing more is sent. Each Kick returns once Run's loop has
+	// taken it, and makes the next step look for work; so after two, the
+	// router has stepped while paused, and a request it made would show in
+	// the status (counted when dispatched, before it is sent).
+	for range 2 {
+		if err := rt.Kick(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := rt.Status(); got.Counters.Requests != st.Counters.Requests {
+		t.Errorf("%d requests while paused", got.Counters.Requests-st.Counters.Requests)
 	}
 	if st.Counters.Failed != 0 || st.Counters.Aborted != 0 || r.cons.Count(engine.StateAborted) != 0 {
 		t.Errorf("pausing charged events: %+v", st.Counters)
