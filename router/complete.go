@@ -46,6 +46,9 @@ func (c *core) pauseSelf(b *batch, now time.Time) {
 		c.logger.Error("destination paused until an operator resumes it", "destination", c.cfg.Name, "err", why)
 	}
 	c.paused, c.pausedBy = true, why
+	if b.probe {
+		c.health.probeUnanswered(now) // Resume probes again
+	}
 	c.requeue(b, false, now)
 }
 

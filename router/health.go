@@ -83,6 +83,15 @@ func (h *health) success(key string, start time.Time, delivered bool) {
 	}
 }
 
+// probeUnanswered puts the breaker back to backing off, due now, when the
+// probe in flight got no answer about the destination's health (the
+// destination paused itself): the next poll sends a new probe.
+func (h *health) probeUnanswered(now time.Time) {
+	if h.state == Probing {
+		h.state, h.until = BackingOff, now
+	}
+}
+
 // failure records a retryable failure and reports whether it is charged to
 // the event (a message problem) or not (the destination is down: the
 // breaker is open now).

@@ -499,3 +499,61 @@ func TestRouterDestinationPauses(t *testing.T) {
 	}
 	r.checkDelivered(nil)
 }
+
+// modeDest answers every request by its mode: 503, a pause, or delivery
+// to the sink's webhook.
+type modeDest struct {
+	router.Destination
+	mode atomic.Int32 // modeFail, modePause, modeOK
+}
+
+const (
+	modeFail int32 = iota
+	modePause
+	modeOK
+)
+
+func (d *modeDest) Send(ctx context.Context, evs []router.Event) router.Result {
+	switch d.mode.Load() {
+	case modeFail:
+		return router.Result{Status: 503}
+	case modePause:
+		return router.Result{Pause: true, Err: fmt.Errorf("credentials refused")}
+	}
+	return d.Destination.Send(ctx, evs)
+}
+
+// A probe answered with a pause: after Resume the breaker probes again
+// and everything is delivered (it once stayed probing with nothing in
+// flight, for good).
+func TestRouterProbePaused(t *testing.T) {
+	r := newRig(t)
+	hook, err := webhook.New(webhook.Config{URL: r.sink.srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := &modeDest{Destination: hook}
+	rt, err := router.New(router.Config{Name: "hook", Ordering: true, ConcurrencyInitial: 8, Logger: quiet,
+		Policy: router.Policy{MinAttempts: 100, FailureMin: 2, BackoffInitial: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond}},
+		r.eng, r.cons, dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	stop := run(t, rt)
+	for i := range 12 {
+		r.add(fmt.Sprintf("u%d", i%4))
+	}
+	r.waitFor("the breaker open", func() bool { s := rt.Status().State; return s == "backing_off" || s == "probing" })
+	dest.mode.Store(modePause)
+	r.waitFor("the probe answered with a pause", func() bool { return rt.Status().State == "paused" })
+	dest.mode.Store(modeOK)
+	if err := rt.Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor("every event delivered after resume", r.settled)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	r.checkDelivered(nil)
+}
