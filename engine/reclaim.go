@@ -38,7 +38,7 @@ func (e *Engine) reclaim(force bool) (int, error) {
 	segs := slices.Clone(e.segments)
 	e.segMu.RUnlock()
 	deleted := 0
-	witness := -1 // segs[witness] is kept: the newest on-disk record of where seqs stand
+	witness := -1                                  // segs[witness] is kept: the newest on-disk record of where seqs stand
 	for i, s := range segs[:max(len(segs)-1, 0)] { // never the active one
 		if !s.sealed.Load() || s.lastSeq.Load() >= minCursor {
 			break
