@@ -35,7 +35,7 @@ import (
 // batch covers, in one synced index batch. After a crash Open replays the
 // log past the checkpoint, so the index never misses a stored event and
 // never names one that is not stored; Reclaim keeps every segment past the
-// checkpoint (syncIndex). Lookups that a filter cannot rule out consult
+// checkpoint (indexedThrough, dedup.sync). Lookups that a filter cannot rule out consult
 // fresh and flushing, then the generation's runs, newest first.
 //
 // A second background goroutine merges a generation's newest runs into
@@ -260,7 +260,8 @@ func (d *dedup) retire(runs []*run) {
 }
 
 // release closes and removes the dropped runs no merge reads. A file
-// left behind by a crash is removed by the next load, as no run names it.
+// left behind by a crash is adopted by the next load if it is readable (its
+// keys are only ever kept too long) and removed if not (dedupload.go).
 func (d *dedup) release() {
 	d.dropped = slices.DeleteFunc(d.dropped, func(r *run) bool {
 		if d.merging && slices.Contains(d.mergeIn, r) {
@@ -645,7 +646,8 @@ func (d *dedup) maybeMerge() {
 // merge writes the union of runs (all of generation gen) as a new run and
 // swaps it for them in the index, in one synced batch. A crash before the
 // batch leaves the inputs named and the output a stray file; after it,
-// the inputs are stray files. Load removes stray files either way.
+// the inputs are stray files. Load adopts readable stray files and removes
+// unreadable ones either way (dedupload.go).
 func (d *dedup) merge(gen uint32, runs []*run) (*run, error) {
 	out, err := d.writeRun(gen, func(w *runWriter) error { return mergeRuns(w, runs, &d.stop) })
 	if err != nil {

@@ -27,8 +27,10 @@ type Engine struct {
 	segMu    sync.RWMutex
 	segments []*segment // ordered by id; the last one is active
 
-	// writeMu is held by the committer for each group and by reclaim when it
-	// cuts the active segment. It guards the fields below.
+	// writeMu is held by the committer for each group, and by reclaim (its
+	// cut, indexedThrough, activeHeaderDurable), the disk loop's repair,
+	// spare preparation, the dedup rebuild, Stats and Close. It guards the
+	// fields below. Lock order: docs/architecture.md.
 	writeMu sync.Mutex
 	active  *segment
 	file    vfs.File // active segment file; nil after a failure until repaired

@@ -9,7 +9,8 @@ import (
 )
 
 // Options configures an Engine. The zero value of every field means its
-// default; Validate fills the defaults in and rejects impossible values.
+// default; Open fills the defaults in (withDefaults) and rejects impossible
+// values.
 type Options struct {
 	// Dir is the data directory. Segments go to Dir/log, the index to
 	// Dir/index. Required.

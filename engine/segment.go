@@ -9,7 +9,8 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
-// Segment file layout, frozen (format version 1):
+// Segment file layout, frozen (format version 2 is written; version 1 has
+// the same layout without the group-start flag, record.go):
 //
 //	+-----------------------------------------------------------+
 //	| header: magic "SLUICESG" | version u32 | id u32 |          |

@@ -6,11 +6,12 @@ import "fmt"
 //
 // Only Failed, Skipped and Aborted are stored as entries. Waiting is implied
 // by seq >= cursor, Succeeded and Filtered by seq < cursor with no entry.
-// Executing and Throttled exist only in the router's memory; they are listed
-// so the whole vocabulary lives in one place.
+// Executing and Throttled name states of the delivery model (docs/delivery.md)
+// that the engine never stores; the router tracks in-flight and throttled
+// events in memory with states of its own.
 type State uint8
 
-// The states of DESIGN.md's three queues. The numeric values are stored on
+// The states of the three queues (docs/delivery.md). The numeric values are stored on
 // disk (entry values): they are frozen.
 const (
 	StateWaiting   State = 0
@@ -40,8 +41,10 @@ func (s State) stored() bool {
 }
 
 // legal is the table of state transitions the index accepts. Rows are the
-// state before, columns the state after. It is checked on every write (Txn)
-// and on every replay of stored entries (Open, Check).
+// state before, columns the state after. It is checked on every write
+// (Txn); stored entries are checked only for a state that may be stored
+// (decodeEntry). waiting -> filtered is legal too (not stored: the cursor
+// passes it).
 //
 //	from \ to   failed skipped aborted succeeded purged
 //	waiting       x      x       x        x

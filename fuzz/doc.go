@@ -26,7 +26,7 @@
 // duplicates only after an ambiguous attempt or a crash, dead letters only
 // where the policy allows, bounded window and concurrency, pauses and
 // Retry-After honoured, deduplication at append, durability across crashes,
-// segments reclaimed. With storage faults the no-loss oracle is DESIGN.md's
+// segments reclaimed. With storage faults the no-loss oracle is docs/guarantees.md's
 // guarantee 6: every acknowledged event is delivered (to each destination
 // whose filters accept it), a dead letter, or reported lost by seq
 // (Engine.LostRanges), and only events whose frames were damaged (or whose

@@ -21,7 +21,7 @@ import (
 // Storage faults: index damage at a power loss (ModeIndexDamage), a full
 // disk for a stretch of virtual time (ModeDiskFull), bytes flipped in the
 // frames of sealed segments between a shutdown and the reopen
-// (ModeBitFlip). The oracle for all three is DESIGN.md's guarantee 6: no
+// (ModeBitFlip). The oracle for all three is guarantee 6 of docs/guarantees.md: no
 // acknowledged event is silently lost. Each one is, for every destination
 // whose filters accept it, delivered, or a dead letter, or reported lost by
 // seq (Engine.LostRanges), and only damaged frames may be reported lost.

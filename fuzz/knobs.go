@@ -251,7 +251,7 @@ const (
 	// reclaimed are gone (Open and Recover rebuild dedup from the
 	// retained log only; the dedup runs the lost index named are not
 	// adopted): a resend within the dedup window is stored and
-	// delivered again (DESIGN.md guarantee 3).
+	// delivered again (docs/guarantees.md, guarantee 3).
 	KnownRecoverDedup
 	// KnownStragglerLoss (BUG-STRAGGLER-LOSS, fixed: straggler files keep
 	// a copy outside the index and Recover requeues them; when an index

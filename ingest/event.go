@@ -26,8 +26,8 @@ func knownType(t []byte) []byte {
 	return nil
 }
 
-// messageIDBytesMax is the longest messageId accepted (DESIGN.md: 400 past
-// 256 bytes).
+// messageIDBytesMax is the longest messageId accepted: longer ones are
+// refused with 400 (the engine would take up to 1024 bytes).
 const messageIDBytesMax = 256
 
 // keyBytesMax bounds userId and anonymousId so ordering keys stay compact.

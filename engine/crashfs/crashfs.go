@@ -2,9 +2,9 @@
 // safe to crash (CrashClone) while an engine runs.
 //
 // Pebble v2.1.7's MemFS.Link read-locks the FS's clone lock twice; a
-// CrashClone waiting between the two locks deadlocks both. The engine
-// ingests its dedup tables with Link, so FS makes Link fail: Pebble then
-// copies the file, which takes the lock once per call.
+// CrashClone waiting between the two locks deadlocks both. Pebble itself
+// may link files (ingestion), so FS makes Link fail: Pebble then copies the
+// file, which takes the lock once per call.
 package crashfs
 
 import (
