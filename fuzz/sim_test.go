@@ -343,7 +343,7 @@ func TestSimulationRegressions(t *testing.T) {
 // the cursor, and the cursor stops at the first event not yet settled
 // (here #83, throttled by a 429). Events past it that were delivered (#84,
 // #85, #86) are forgotten and delivered again after the restart, with no
-// ambiguous attempt and no crash: DESIGN.md's guarantee 2 allows
+// ambiguous attempt and no crash: guarantee 2 of docs/guarantees.md allows
 // duplicates only after those. Aborts past the cursor are forgotten the
 // same way (the event is attempted again and may be delivered late, out of
 // order). Minimal trace (d0: ordering, batch 20):

@@ -574,7 +574,7 @@ func TestForwardedForRepairsUTF8(t *testing.T) {
 }
 
 // TestOrderingKey: the ordering key is anonymousId when present, else
-// userId (DESIGN.md guarantee 4), whatever the order of the fields.
+// userId (docs/guarantees.md, guarantee 4), whatever the order of the fields.
 func TestOrderingKey(t *testing.T) {
 	h := newHarness(t, nil)
 	body := `{"batch":[
