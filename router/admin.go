@@ -59,12 +59,14 @@ type AdminOptions struct {
 // DestinationInfo is one destination in GET /v1/destinations.
 type DestinationInfo struct {
 	Status
-	BacklogEvents    uint64  `json:"backlog_events"`
-	BacklogBytes     int64   `json:"backlog_bytes"`
-	OldestPendingSec float64 `json:"oldest_pending_seconds"`
-	FailedEntries    int64   `json:"failed_entries"`
-	SkippedEntries   int64   `json:"skipped_entries"`
-	AbortedEntries   int64   `json:"aborted_entries"`
+	// Figures are the destination's own (Reporter), if it has any.
+	Figures          []Figure `json:"figures,omitempty"`
+	BacklogEvents    uint64   `json:"backlog_events"`
+	BacklogBytes     int64    `json:"backlog_bytes"`
+	OldestPendingSec float64  `json:"oldest_pending_seconds"`
+	FailedEntries    int64    `json:"failed_entries"`
+	SkippedEntries   int64    `json:"skipped_entries"`
+	AbortedEntries   int64    `json:"aborted_entries"`
 }
 
 // DeadLetter is one aborted event in GET .../dlq.
@@ -197,7 +199,7 @@ func (a *Admin) list(w http.ResponseWriter, r *http.Request) {
 	out := []DestinationInfo{}
 	for _, name := range a.order {
 		c := byName[name]
-		out = append(out, DestinationInfo{Status: a.routers[name].Status(), BacklogEvents: c.BacklogEvents, BacklogBytes: c.BacklogBytes,
+		out = append(out, DestinationInfo{Status: a.routers[name].Status(), Figures: a.routers[name].Figures(), BacklogEvents: c.BacklogEvents, BacklogBytes: c.BacklogBytes,
 			OldestPendingSec: c.OldestPendingAge.Seconds(), FailedEntries: c.Failed, SkippedEntries: c.Skipped, AbortedEntries: c.Aborted})
 	}
 	writeJSON(w, http.StatusOK, out)
@@ -469,6 +471,28 @@ func WriteMetrics(w io.Writer, routers []*Router) {
 		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", m.name, m.help, m.name, m.kind)
 		for _, r := range routers {
 			fmt.Fprintf(w, "%s{destination=%q} %g\n", m.name, r.Name(), m.get(r.Status()))
+		}
+	}
+	// The destinations' own figures, grouped by name (HELP and TYPE once).
+	type named struct {
+		dest string
+		fig  Figure
+	}
+	var names []string
+	byName := map[string][]named{}
+	for _, r := range routers {
+		for _, f := range r.Figures() {
+			if byName[f.Name] == nil {
+				names = append(names, f.Name)
+			}
+			byName[f.Name] = append(byName[f.Name], named{r.Name(), f})
+		}
+	}
+	for _, name := range names {
+		first := byName[name][0].fig
+		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, first.Help, name, first.Kind)
+		for _, n := range byName[name] {
+			fmt.Fprintf(w, "%s %g\n", series(name, n.dest, n.fig.Labels), n.fig.Value)
 		}
 	}
 }

@@ -77,3 +77,25 @@ type Rand interface {
 type systemClock struct{}
 
 func (systemClock) Now() time.Time { return time.Now() }
+
+// Reporter is a Destination with figures of its own (a warehouse's rows
+// per table, say), shown in the admin API's destination list and in
+// /metrics next to the router's.
+type Reporter interface {
+	// Report returns the destination's figures now. It must be cheap and
+	// safe for concurrent use.
+	Report() []Figure
+}
+
+// Figure is one figure of a destination: a Prometheus series.
+type Figure struct {
+	// Name is the metric's name (sluice_<type>_...); Help and Kind
+	// ("counter" or "gauge") are the same for every figure of a name.
+	Name, Help, Kind string `json:"-"`
+	// Labels are the series' labels besides destination, as name, value
+	// pairs.
+	Labels [][2]string `json:"labels,omitempty"`
+	Value  float64     `json:"value"`
+	// Series is Name with its labels, for the admin API.
+	Series string `json:"series"`
+}

@@ -3,6 +3,7 @@ package router
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +60,39 @@ func New(cfg Config, log Log, cons *engine.Consumer, dest Destination) (*Router,
 func (r *Router) Name() string { return r.cfg.Name }
 
 // Status returns the latest snapshot (refreshed by the router's loop).
+// Figures returns the destination's own figures (Reporter), if it has any.
+func (r *Router) Figures() []Figure {
+	rep, ok := r.dest.(Reporter)
+	if !ok {
+		return nil
+	}
+	figs := rep.Report()
+	for i := range figs {
+		figs[i].Series = series(figs[i].Name, "", figs[i].Labels)
+	}
+	return figs
+}
+
+// series formats a Prometheus series: name{destination="d",k="v",...}
+// (no destination label when d is empty, no braces without labels).
+func series(name, dest string, labels [][2]string) string {
+	var b strings.Builder
+	b.WriteString(name)
+	sep := byte('{')
+	if dest != "" {
+		fmt.Fprintf(&b, "{destination=%q", dest)
+		sep = ','
+	}
+	for _, l := range labels {
+		fmt.Fprintf(&b, "%c%s=%q", sep, l[0], l[1])
+		sep = ','
+	}
+	if sep == ',' {
+		b.WriteByte('}')
+	}
+	return b.String()
+}
+
 func (r *Router) Status() Status { return *r.status.Load() }
 
 // Pause stops dispatching new requests; in-flight ones finish.

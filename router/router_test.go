@@ -557,3 +557,47 @@ func TestRouterProbePaused(t *testing.T) {
 	}
 	r.checkDelivered(nil)
 }
+
+// reportingDest is a destination with figures of its own.
+type reportingDest struct{ router.Destination }
+
+func (reportingDest) Report() []router.Figure {
+	return []router.Figure{
+		{Name: "sluice_test_rows_total", Help: "Rows.", Kind: "counter", Labels: [][2]string{{"table", "s.tracks"}}, Value: 3},
+		{Name: "sluice_test_rows_total", Help: "Rows.", Kind: "counter", Labels: [][2]string{{"table", "s.users"}}, Value: 1},
+		{Name: "sluice_test_loads_total", Help: "Loads.", Kind: "counter", Value: 2},
+	}
+}
+
+// A destination's own figures (Reporter) appear in /metrics, labelled with
+// the destination, HELP and TYPE once per name, and in Figures.
+func TestRouterDestinationFigures(t *testing.T) {
+	r := newRig(t)
+	hook, err := webhook.New(webhook.Config{URL: r.sink.srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := router.New(router.Config{Name: "wh", Logger: quiet}, r.eng, r.cons, reportingDest{hook})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	var b strings.Builder
+	router.WriteMetrics(&b, []*router.Router{rt})
+	for _, want := range []string{
+		"# HELP sluice_test_rows_total Rows.\n# TYPE sluice_test_rows_total counter\n" +
+			`sluice_test_rows_total{destination="wh",table="s.tracks"} 3` + "\n" +
+			`sluice_test_rows_total{destination="wh",table="s.users"} 1` + "\n",
+		`sluice_test_loads_total{destination="wh"} 2` + "\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("metrics lack\n%s\ngot:\n%s", want, b.String())
+		}
+	}
+	if n := strings.Count(b.String(), "# TYPE sluice_test_rows_total"); n != 1 {
+		t.Errorf("TYPE of sluice_test_rows_total %d times", n)
+	}
+	if figs := rt.Figures(); len(figs) != 3 || figs[0].Series != `sluice_test_rows_total{table="s.tracks"}` || figs[2].Series != "sluice_test_loads_total" {
+		t.Errorf("figures %+v", figs)
+	}
+}

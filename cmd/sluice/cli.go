@@ -113,6 +113,19 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 			d["oldest_pending_seconds"], d["failed_entries"], d["skipped_entries"], d["aborted_entries"], d["concurrency"], counters["Delivered"])
 	}
 	tw.Flush()
+	// The destinations' own figures (a warehouse's rows per table, ...).
+	for _, d := range dests {
+		figs, _ := d["figures"].([]any)
+		if len(figs) == 0 {
+			continue
+		}
+		fmt.Fprintf(stdout, "\n%v:\n", d["destination"])
+		for _, f := range figs {
+			if m, ok := f.(map[string]any); ok {
+				fmt.Fprintf(stdout, "  %v %v\n", m["series"], m["value"])
+			}
+		}
+	}
 	return 0
 }
 

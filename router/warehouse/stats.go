@@ -1,10 +1,13 @@
 package warehouse
 
 import (
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/sluice-cdi/sluice/router"
 )
 
 // Stats are a warehouse destination's counters since it started.
@@ -104,4 +107,45 @@ func (s *stats) snapshot() Stats {
 	out.LatencyP99 = time.Duration(s.lat.ValueAtQuantile(99)) * time.Microsecond
 	out.LatencyMax = time.Duration(s.lat.Max()) * time.Microsecond
 	return out
+}
+
+// Report gives the warehouse's figures for the admin API and /metrics
+// (router.Reporter): rows per table, migrations, discards, refusals,
+// loads, the last load time and the load latency.
+func (w *Warehouse) Report() []router.Figure {
+	s := w.Stats()
+	figs := make([]router.Figure, 0, len(s.Tables)+12)
+	tables := make([]string, 0, len(s.Tables))
+	for t := range s.Tables {
+		tables = append(tables, t)
+	}
+	slices.Sort(tables)
+	for _, t := range tables {
+		figs = append(figs, router.Figure{Name: "sluice_warehouse_rows_total", Help: "Rows loaded, per schema.table (users merged count too).",
+			Kind: "counter", Labels: [][2]string{{"table", t}}, Value: float64(s.Tables[t].Rows)})
+	}
+	counter := func(name, help string, v uint64) {
+		figs = append(figs, router.Figure{Name: name, Help: help, Kind: "counter", Value: float64(v)})
+	}
+	counter("sluice_warehouse_tables_created_total", "Tables created.", s.TablesCreated)
+	counter("sluice_warehouse_columns_added_total", "Columns added (schema evolution).", s.ColumnsAdded)
+	counter("sluice_warehouse_columns_widened_total", "Integer columns widened to float.", s.ColumnsWidened)
+	counter("sluice_warehouse_discards_total", "Values put in rudder_discards instead of their column.", s.Discards)
+	counter("sluice_warehouse_refused_total", "Events the database refused by name (dead letters).", s.Refused)
+	counter("sluice_warehouse_loads_total", "Load transactions committed.", s.Loads)
+	counter("sluice_warehouse_load_failures_total", "Load transactions that failed as a whole.", s.Failures)
+	var last float64
+	if !s.LastLoad.IsZero() {
+		last = float64(s.LastLoad.UnixNano()) / 1e9
+	}
+	figs = append(figs, router.Figure{Name: "sluice_warehouse_last_load_timestamp_seconds", Help: "When the last load committed (Unix time; 0: none yet).",
+		Kind: "gauge", Value: last})
+	for _, q := range []struct {
+		q string
+		d time.Duration
+	}{{"0.5", s.LatencyP50}, {"0.99", s.LatencyP99}, {"1", s.LatencyMax}} {
+		figs = append(figs, router.Figure{Name: "sluice_warehouse_load_latency_seconds", Help: "Acknowledged at ingest to committed in the warehouse, per event.",
+			Kind: "gauge", Labels: [][2]string{{"quantile", q.q}}, Value: q.d.Seconds()})
+	}
+	return figs
 }

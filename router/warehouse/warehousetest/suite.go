@@ -197,6 +197,21 @@ func (s *suite) specMapping(t *testing.T) {
 	if st.Tables[sch+".tracks"].Rows != 1 || st.Tables[sch+".users"].Rows != 1 || st.TablesCreated != 8 || st.LatencyCount != 6 || st.LastLoad.IsZero() {
 		t.Errorf("stats %+v", st)
 	}
+	// The same figures for the admin API and /metrics (router.Reporter).
+	var rows, loads, lat float64 = -1, -1, -1
+	for _, f := range router.Reporter(w).Report() {
+		switch {
+		case f.Name == "sluice_warehouse_rows_total" && len(f.Labels) == 1 && f.Labels[0] == [2]string{"table", sch + ".tracks"}:
+			rows = f.Value
+		case f.Name == "sluice_warehouse_loads_total":
+			loads = f.Value
+		case f.Name == "sluice_warehouse_load_latency_seconds" && f.Labels[0][1] == "1":
+			lat = f.Value
+		}
+	}
+	if rows != 1 || loads != float64(st.Loads) || lat != st.LatencyMax.Seconds() {
+		t.Errorf("report: tracks rows %v, loads %v, latency max %v; stats %+v", rows, loads, lat, st)
+	}
 }
 
 func (s *suite) evolution(t *testing.T) {
