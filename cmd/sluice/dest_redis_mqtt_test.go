@@ -33,7 +33,7 @@ func TestConfigRedisMQTTBadValues(t *testing.T) {
 	r, m := "destinations[0].config.", "destinations[1].config."
 	for _, tc := range []struct{ name, doc, key, msg string }{
 		{"redis addr", queueDests("      addr: localhost #<\n", ""), r + "addr", `want host:port, got "localhost"`},
-		{"redis stream placeholder", swap(`stream: "events:{source}:{type}"`, `stream: "a:{user}" #<`), r + "stream", "unknown placeholder {user}"},
+		{"redis stream placeholder", swap(`stream: "events:{source}:{type}"`, `stream: "a:{user}" #<`), r + "stream", `unknown placeholder "{user}"`},
 		{"redis max_len", queueDests("      max_len: -1 #<\n", ""), r + "max_len", "must not be negative"},
 		{"redis db", queueDests("      db: -2 #<\n", ""), r + "db", "must not be negative"},
 		{"redis dedup_window", queueDests("      dedup_window: 0s #<\n", ""), r + "dedup_window", "must be positive"},

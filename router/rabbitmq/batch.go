@@ -53,14 +53,14 @@ func (r *RabbitMQ) prepare(events []router.Event) *batch {
 	var buf []byte
 	static, key := r.key.Static(), ""
 	if static {
-		key = string(r.key.Append(nil, nil))
+		key = string(r.key.Append(nil, nil, nil))
 	}
 	for i := range events {
 		ev := &events[i]
 		if static {
 			b.keys[i] = key
 		} else {
-			buf = r.key.Append(buf[:0], ev)
+			buf = r.key.Append(buf[:0], ev, nil)
 			b.keys[i] = string(buf)
 		}
 		switch {

@@ -21,7 +21,7 @@ func TestTemplate(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", c.tmpl, err)
 		}
-		if got := string(tm.Append(nil, ev)); got != c.want {
+		if got := string(tm.Append(nil, ev, nil)); got != c.want {
 			t.Errorf("%q: got %q, want %q", c.tmpl, got, c.want)
 		}
 		if static := tm.Static(); static != (c.tmpl == "static" || c.tmpl == "") {
@@ -29,8 +29,8 @@ func TestTemplate(t *testing.T) {
 		}
 	}
 	noEvent := &router.Event{Payload: []byte(`{"type":"identify"}`)}
-	if tm, _ := ParseTemplate("x.{event}"); string(tm.Append(nil, noEvent)) != "x." {
-		t.Errorf("identify: %q", tm.Append(nil, noEvent))
+	if tm, _ := ParseTemplate("x.{event}"); string(tm.Append(nil, noEvent, nil)) != "x." {
+		t.Errorf("identify: %q", tm.Append(nil, noEvent, nil))
 	}
 	for _, bad := range []string{"{user}", "{source", "a.{}.b", "{SOURCE}"} {
 		if _, err := ParseTemplate(bad); err == nil {

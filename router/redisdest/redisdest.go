@@ -37,6 +37,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-cdi/sluice/router"
+	"github.com/sluice-cdi/sluice/router/template"
 )
 
 // Config configures a Redis Streams destination.
@@ -81,7 +82,7 @@ type Config struct {
 // Redis delivers events to Redis Streams. Safe for concurrent use.
 type Redis struct {
 	cfg    Config
-	stream template
+	stream template.Template
 	client *redis.Client
 	script *redis.Script // the idempotent XADD; nil without Idempotent
 	bufs   sync.Pool     // of *sendBufs
@@ -229,7 +230,7 @@ func (r *Redis) names(b *sendBufs, events []router.Event) {
 	b.names, b.keys, b.ends, b.kends = b.names[:0], b.keys[:0], b.ends[:0], b.kends[:0]
 	for i := range events {
 		start := len(b.names)
-		b.names = r.stream.appendTo(b.names, &events[i])
+		b.names = r.stream.Append(b.names, &events[i], nil)
 		b.ends = append(b.ends, len(b.names))
 		if r.script != nil {
 			b.keys = append(b.keys, r.cfg.DedupPrefix...)

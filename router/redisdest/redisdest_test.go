@@ -324,7 +324,7 @@ func TestTemplate(t *testing.T) {
 		t.Fatal(err)
 	}
 	ev := mk("u", 1, "track", "Order Done")
-	if got := string(tm.appendTo(nil, &ev)); got != "x:web:track:Order Done:y" {
+	if got := string(tm.Append(nil, &ev, nil)); got != "x:web:track:Order Done:y" {
 		t.Fatalf("expanded %q", got)
 	}
 }
