@@ -2,6 +2,8 @@ package fuzz
 
 import (
 	"fmt"
+	"log/slog"
+	"os"
 	"strings"
 	"time"
 )
@@ -156,4 +158,13 @@ func (r *Report) TraceFor(max int) []string {
 		out = out[len(out)-max:]
 	}
 	return out
+}
+
+// simLogger is the engine's logger in a run: discarded, or stderr with
+// SLUICE_SIM_ENGINE_LOG=1 (to follow a failing seed).
+func simLogger() *slog.Logger {
+	if os.Getenv("SLUICE_SIM_ENGINE_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return discard
 }

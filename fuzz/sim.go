@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"runtime/debug"
 	"slices"
 	"sync/atomic"
@@ -792,11 +791,3 @@ func maxTime(a, b time.Time) time.Time {
 	return a
 }
 
-// simLogger is the engine's logger in a run: discarded, or stderr with
-// SLUICE_SIM_ENGINE_LOG=1 (to follow a failing seed).
-func simLogger() *slog.Logger {
-	if os.Getenv("SLUICE_SIM_ENGINE_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return discard
-}

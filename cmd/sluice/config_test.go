@@ -59,6 +59,21 @@ func dest(lines string) string     { return withDest(lines, "", "") }
 func hookConf(lines string) string { return withDest("", lines, "") }
 func fileConf(lines string) string { return withDest("", "", lines) }
 
+// refused checks that doc is refused with the line marked "#<", key and
+// a message holding msg, and returns the error.
+func refused(t *testing.T, doc, key, msg string) error {
+	t.Helper()
+	_, err := parseConfig([]byte(doc))
+	if err == nil {
+		t.Fatalf("accepted:\n%s", doc)
+	}
+	want := fmt.Sprintf("config line %d: %s: ", markedLine(t, doc), key)
+	if !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), msg) {
+		t.Fatalf("got  %v\nwant %s...%s\n%s", err, want, msg, doc)
+	}
+	return err
+}
+
 // markedLine is the 1-based line holding "#<".
 func markedLine(t *testing.T, doc string) int {
 	t.Helper()
@@ -189,14 +204,7 @@ func TestConfigRefusesBadValues(t *testing.T) {
 	}
 	for _, tc := range badConfigs {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := parseConfig([]byte(tc.doc))
-			if err == nil {
-				t.Fatalf("accepted:\n%s", tc.doc)
-			}
-			want := fmt.Sprintf("config line %d: %s: ", markedLine(t, tc.doc), tc.key)
-			if !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), tc.msg) {
-				t.Fatalf("got  %v\nwant %s...%s\n%s", err, want, tc.msg, tc.doc)
-			}
+			err := refused(t, tc.doc, tc.key, tc.msg)
 			for _, goName := range []string{"time.Duration", "int64", "float64", "main.", "!!", "yaml:"} {
 				if strings.Contains(err.Error(), goName) {
 					t.Errorf("message shows %q: %v", goName, err)

@@ -42,15 +42,7 @@ func TestKafkaConfigRefusesBadValues(t *testing.T) {
 		{"unknown key", kafkaBase + "      acks: 1 #<\n", "destinations[0].config.acks", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			doc := kafkaDoc(tc.conf)
-			_, err := parseConfig([]byte(doc))
-			if err == nil {
-				t.Fatalf("accepted:\n%s", doc)
-			}
-			want := fmt.Sprintf("config line %d: %s: ", markedLine(t, doc), tc.key)
-			if !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), tc.msg) {
-				t.Fatalf("got  %v\nwant %s...%s", err, want, tc.msg)
-			}
+			refused(t, kafkaDoc(tc.conf), tc.key, tc.msg)
 		})
 	}
 }

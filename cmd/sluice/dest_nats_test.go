@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -45,15 +44,7 @@ func TestNATSConfigRefusesBadValues(t *testing.T) {
 		{"unknown key", u + subj + "      subjekt: x #<\n", "destinations[0].config.subjekt", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			doc := natsDoc(tc.block)
-			_, err := parseConfig([]byte(doc))
-			if err == nil {
-				t.Fatalf("accepted:\n%s", doc)
-			}
-			want := fmt.Sprintf("config line %d: %s: ", markedLine(t, doc), tc.key)
-			if !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), tc.msg) {
-				t.Fatalf("got  %v\nwant %s...%s", err, want, tc.msg)
-			}
+			refused(t, natsDoc(tc.block), tc.key, tc.msg)
 		})
 	}
 }

@@ -38,15 +38,7 @@ func TestRabbitMQConfigErrors(t *testing.T) {
 		{"unknown key", rabbitBase + "      routing: x #<\n", p + ".routing", "unknown key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			doc := rabbitDest(tc.lines)
-			_, err := parseConfig([]byte(doc))
-			if err == nil {
-				t.Fatalf("accepted:\n%s", doc)
-			}
-			want := fmt.Sprintf("config line %d: %s: ", markedLine(t, doc), tc.key)
-			if !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), tc.msg) {
-				t.Fatalf("got  %v\nwant %s...%s", err, want, tc.msg)
-			}
+			err := refused(t, rabbitDest(tc.lines), tc.key, tc.msg)
 			if strings.Contains(err.Error(), "s3cret") {
 				t.Errorf("the password is in the message: %v", err)
 			}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -47,14 +46,7 @@ func TestConfigRedisMQTTBadValues(t *testing.T) {
 		{"mqtt client_id", queueDests("", "      client_id: \"\" #<\n"), m + "client_id", "must not be empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := parseConfig([]byte(tc.doc))
-			if err == nil {
-				t.Fatalf("accepted:\n%s", tc.doc)
-			}
-			want := fmt.Sprintf("config line %d: %s: ", markedLine(t, tc.doc), tc.key)
-			if !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), tc.msg) {
-				t.Fatalf("got  %v\nwant %s...%s", err, want, tc.msg)
-			}
+			refused(t, tc.doc, tc.key, tc.msg)
 		})
 	}
 }
