@@ -790,4 +790,3 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return a
 }
-
