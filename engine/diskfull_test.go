@@ -267,8 +267,11 @@ func TestDiskFullRecoversByItself(t *testing.T) {
 			if tc.floorBytes < 0 && d.enospc.Load() == 0 {
 				t.Fatalf("no write found the disk full")
 			}
-			if e.Stats().Healthy {
-				t.Fatalf("healthy right after an append failed for lack of space")
+			// The failure shows: unhealthy, or (the disk loop checks every
+			// millisecond and may have repaired it already, the reserve
+			// giving room) counted.
+			if st := e.Stats(); st.Healthy && st.WriteErrors == 0 && st.RejectedDiskFull == 0 {
+				t.Fatalf("an append failed for lack of space and the engine shows nothing: %+v", st)
 			}
 			if n := deliver(t, e, c, acked); n != 0 {
 				t.Fatalf("%d records stored beyond the acknowledged ones", n)
