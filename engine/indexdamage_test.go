@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -477,28 +478,7 @@ func TestRecoverRequeuesStragglers(t *testing.T) {
 	c := consumerOf(t, e, "c")
 	ids := appendIDs(t, e, "a", 0, 600, 30)
 	all := expectLog(t, e, 1, ids)
-	victim := all[5]
-	var behind Record // a later event of the victim's key, skipped behind it
-	for _, r := range all[6:] {
-		if string(r.Key) == string(victim.Key) {
-			behind = r
-			break
-		}
-	}
-	if behind.Seq == 0 || behind.Pos.Segment() == all[len(all)-1].Pos.Segment() {
-		t.Fatalf("no later event of key %q in a reclaimed segment", victim.Key)
-	}
-	tx := c.Begin()
-	tx.Put(Entry{Seq: victim.Seq, Pos: victim.Pos, State: StateFailed, Key: victim.Key, ReceivedAt: victim.ReceivedAt, DueAt: 1})
-	tx.Put(Entry{Seq: behind.Seq, Pos: behind.Pos, State: StateSkipped, Key: behind.Key, ReceivedAt: behind.ReceivedAt})
-	tx.SetBarrier(victim.Key, victim.Seq)
-	tx.Advance(e.LastSeq()+1, 0)
-	if err := tx.CommitSync(); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := e.Reclaim(); err != nil || n == 0 {
-		t.Fatalf("reclaim: %d %v", n, err)
-	}
+	victim, behind := strandStragglers(t, e, c, all)
 	stg, _ := d.fs.List("/data/log/stragglers")
 	if len(stg) != 1 {
 		t.Fatalf("straggler files %v, want one", stg)
@@ -543,7 +523,7 @@ func TestRecoverRequeuesStragglers(t *testing.T) {
 		t.Fatalf("cursor %d, want the first retained seq %d", cur, e.Stats().FirstSeq)
 	}
 	// Delivered: the entry goes, and with it the need for the file.
-	tx = c.Begin()
+	tx := c.Begin()
 	tx.Succeed(victim.Seq)
 	tx.Succeed(behind.Seq)
 	tx.ClearBarrier(victim.Key)
@@ -588,29 +568,8 @@ func TestOpenRestoresStragglersOfReclaimedSegment(t *testing.T) {
 		t.Fatal(err)
 	}
 	c = consumerOf(t, e, "c")
-	victim := all[5]
-	var behind Record
-	for _, r := range all[6:] {
-		if string(r.Key) == string(victim.Key) {
-			behind = r
-			break
-		}
-	}
-	tx := c.Begin()
-	tx.Put(Entry{Seq: victim.Seq, Pos: victim.Pos, State: StateFailed, Key: victim.Key, ReceivedAt: victim.ReceivedAt, DueAt: 1})
-	tx.Put(Entry{Seq: behind.Seq, Pos: behind.Pos, State: StateSkipped, Key: behind.Key, ReceivedAt: behind.ReceivedAt})
-	tx.SetBarrier(victim.Key, victim.Seq)
-	tx.Advance(e.LastSeq()+1, 0)
-	if err := tx.CommitSync(); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := e.Reclaim(); err != nil || n == 0 {
-		t.Fatalf("reclaim: %d %v", n, err)
-	}
+	victim, behind := strandStragglers(t, e, c, all)
 	first := e.Stats().FirstSeq
-	if behind.Seq == 0 || behind.Seq >= first {
-		t.Fatalf("the later event of key %q (seq %d) is not in a reclaimed segment (first seq %d)", victim.Key, behind.Seq, first)
-	}
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -655,7 +614,7 @@ func TestOpenRestoresStragglersOfReclaimedSegment(t *testing.T) {
 		t.Fatalf("lost %v, want %v: the reclaimed segments but their stragglers", got, lost)
 	}
 
-	tx = c.Begin()
+	tx := c.Begin()
 	tx.Succeed(victim.Seq)
 	tx.Succeed(behind.Seq)
 	tx.ClearBarrier(victim.Key)
@@ -720,5 +679,63 @@ func TestLostSetOutlivesIndex(t *testing.T) {
 	f.Close()
 	if got, err := e.readLostFile(); err == nil || !strings.Contains(err.Error(), "line 2") || !slices.Equal(got, []SeqRange{{3, 4}}) {
 		t.Fatalf("damaged copy read as %v, %v; want 3-4 and an error naming line 2", got, err)
+	}
+}
+
+// strandStragglers makes all[5] a failed event with its key's barrier and
+// a later event of the key skipped behind it, moves the consumer past the
+// log, and reclaims: both become stragglers (their segments deleted).
+func strandStragglers(t *testing.T, e *Engine, c *Consumer, all []Record) (victim, behind Record) {
+	t.Helper()
+	victim = all[5]
+	for _, r := range all[6:] {
+		if string(r.Key) == string(victim.Key) {
+			behind = r
+			break
+		}
+	}
+	tx := c.Begin()
+	tx.Put(Entry{Seq: victim.Seq, Pos: victim.Pos, State: StateFailed, Key: victim.Key, ReceivedAt: victim.ReceivedAt, DueAt: 1})
+	tx.Put(Entry{Seq: behind.Seq, Pos: behind.Pos, State: StateSkipped, Key: behind.Key, ReceivedAt: behind.ReceivedAt})
+	tx.SetBarrier(victim.Key, victim.Seq)
+	tx.Advance(e.LastSeq()+1, 0)
+	if err := tx.CommitSync(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.Reclaim(); err != nil || n == 0 {
+		t.Fatalf("reclaim: %d %v", n, err)
+	}
+	if first := e.Stats().FirstSeq; behind.Seq == 0 || behind.Seq >= first {
+		t.Fatalf("no later event of key %q in a reclaimed segment (behind %d, first seq %d)", victim.Key, behind.Seq, first)
+	}
+	return victim, behind
+}
+
+// TestReclaimSweepsOrphanStragglers: a straggler copy below every cursor
+// that no entry needs (restored for a consumer that had passed it) is
+// deleted by reclaim; one an entry needs stays.
+func TestReclaimSweepsOrphanStragglers(t *testing.T) {
+	d := damageFS{"mem", vfs.NewMem(), "/data"}
+	e, err := Open(d.options(&logCapture{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	c := consumerOf(t, e, "c")
+	all := expectLog(t, e, 1, appendIDs(t, e, "a", 0, 600, 30))
+	victim, _ := strandStragglers(t, e, c, all)
+	orphan := all[2].Seq
+	if err := e.db.Set(stragglerKey(orphan), []byte("a copy no entry needs"), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Reclaim(); err != nil {
+		t.Fatal(err)
+	}
+	if _, closer, err := e.db.Get(stragglerKey(orphan)); err == nil {
+		closer.Close()
+		t.Fatalf("the orphan straggler copy %d survived reclaim", orphan)
+	}
+	if rec, err := e.Read(victim.Seq, victim.Pos); err != nil || string(rec.MessageID) != string(victim.MessageID) {
+		t.Fatalf("the needed straggler %d: %v %q", victim.Seq, err, rec.MessageID)
 	}
 }
